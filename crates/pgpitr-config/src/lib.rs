@@ -1,0 +1,387 @@
+//! The instance config: one file per PostgreSQL instance, TOML or JSON with the same schema.
+//!
+//! This schema is the single source of truth: the NixOS module writes this file, every binary
+//! reads it, and `docs/config.md` documents it. Unknown keys and wrong types are errors that
+//! name the file, the line and the key.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Folder searched by `--instance NAME` unless `PGPITR_CONFIG_DIR` is set.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/pgpitr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: key `{key}`: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config {path}: unsupported extension (use .toml or .json)")]
+    Extension { path: PathBuf },
+    #[error("config {path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error("no config for instance `{name}`: looked for {toml} and {json} (set PGPITR_CONFIG_DIR or pass --config PATH)")]
+    NoInstance {
+        name: String,
+        toml: PathBuf,
+        json: PathBuf,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the instance, used in metric labels and lock names.
+    pub instance: String,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    pub archive: ArchiveConfig,
+    pub backup: BackupConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub pgpitr: ToolsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Folder with pg_ctl, pg_basebackup, postgres. Found automatically when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_socket_dir")]
+    pub socket_dir: PathBuf,
+    /// Database role pgpitr connects as.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Operating-system account that runs server processes when a pgpitr tool runs as root.
+    #[serde(default = "default_user")]
+    pub os_user: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            bin_dir: None,
+            data_dir: default_data_dir(),
+            port: default_port(),
+            socket_dir: default_socket_dir(),
+            user: default_user(),
+            os_user: default_user(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub dir: PathBuf,
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    #[serde(default = "default_level")]
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age X25519 recipients (`age1...`); every object is encrypted to all of them.
+    pub recipients: Vec<String>,
+    /// age identity file; only needed to restore. Read, never copied or logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub textfile_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Folder holding `archive-wal` and `restore-wal`, used in archive_command and
+    /// restore_command. Defaults to the folder of the running executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/postgresql/15/main")
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_socket_dir() -> PathBuf {
+    PathBuf::from("/run/postgresql")
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+fn default_level() -> i32 {
+    3
+}
+
+impl Config {
+    /// Loads and validates a config file; the format follows the extension.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Self::parse(path, &text)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Resolves `--instance NAME` to `$PGPITR_CONFIG_DIR/NAME.{toml,json}`.
+    pub fn instance_path(name: &str) -> Result<PathBuf> {
+        let dir = std::env::var_os("PGPITR_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+        let toml = dir.join(format!("{name}.toml"));
+        let json = dir.join(format!("{name}.json"));
+        if toml.is_file() {
+            Ok(toml)
+        } else if json.is_file() {
+            Ok(json)
+        } else {
+            Err(ConfigError::NoInstance {
+                name: name.into(),
+                toml,
+                json,
+            })
+        }
+    }
+
+    /// Loads from `--config` or `--instance`, exactly one of which must be given.
+    pub fn from_args(config: Option<&Path>, instance: Option<&str>) -> Result<Config> {
+        match (config, instance) {
+            (Some(p), _) => Self::load(p),
+            (None, Some(name)) => Self::load(&Self::instance_path(name)?),
+            (None, None) => Self::load(&Self::instance_path("main")?),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match ext {
+            "toml" => {
+                let de = toml::Deserializer::new(text);
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let key = e.path().to_string();
+                    let inner = e.into_inner();
+                    let (line, col) = inner
+                        .span()
+                        .map(|s| line_col(text, s.start))
+                        .unwrap_or((0, 0));
+                    ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        key,
+                        message: format!("{} (line {line}, column {col})", inner.message()),
+                    }
+                })
+            }
+            "json" => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    let key = e.path().to_string();
+                    let inner = e.into_inner();
+                    ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        key,
+                        message: inner.to_string(),
+                    }
+                })
+            }
+            _ => Err(ConfigError::Extension {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if self.instance.is_empty()
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "instance",
+                format!(
+                    "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                    self.instance
+                ),
+            ));
+        }
+        if !(1..=19).contains(&self.archive.level) {
+            return Err(invalid(
+                "archive.level",
+                format!("{} is outside 1..=19", self.archive.level),
+            ));
+        }
+        if let Some(enc) = &self.encryption {
+            if enc.recipients.is_empty() {
+                return Err(invalid(
+                    "encryption.recipients",
+                    "at least one age recipient is needed (remove [encryption] to disable)".into(),
+                ));
+            }
+            for r in &enc.recipients {
+                if !r.starts_with("age1") {
+                    return Err(invalid(
+                        "encryption.recipients",
+                        format!("{r:?} is not an age X25519 recipient (age1...)"),
+                    ));
+                }
+            }
+        }
+        for (key, p) in [
+            ("archive.dir", &self.archive.dir),
+            ("backup.dir", &self.backup.dir),
+            ("postgres.socket_dir", &self.postgres.socket_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialises as TOML (used by the demo and tests to write configs).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+instance = "main"
+[postgres]
+port = 5433
+[archive]
+dir = "/srv/wal"
+[backup]
+dir = "/srv/backup"
+"#;
+
+    #[test]
+    fn toml_defaults() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(c.postgres.port, 5433);
+        assert_eq!(c.postgres.user, "postgres");
+        assert_eq!(c.archive.compression, Compression::Zstd);
+        assert_eq!(c.archive.level, 3);
+        assert!(c.encryption.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("port = 5433", "port = 5433\nprot = 1");
+        let e = Config::parse(Path::new("/etc/pgpitr/main.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/pgpitr/main.toml"), "{e}");
+        assert!(e.contains("prot"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = GOOD.replace("port = 5433", "port = \"x\"");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("postgres.port"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn json_same_schema() {
+        let j = r#"{"instance":"a","archive":{"dir":"/a"},"backup":{"dir":"/b"},
+            "bogus": 1}"#;
+        let e = Config::parse(Path::new("c.json"), j).unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("line 2"), "{e}");
+        let ok = r#"{"instance":"a","archive":{"dir":"/a"},"backup":{"dir":"/b"}}"#;
+        assert_eq!(
+            Config::parse(Path::new("c.json"), ok).unwrap().instance,
+            "a"
+        );
+    }
+
+    #[test]
+    fn validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, GOOD.replace("[archive]", "[archive]\nlevel = 40")).unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("archive.level"), "{e}");
+        std::fs::write(
+            &p,
+            format!("{GOOD}\n[encryption]\nrecipients = [\"nope\"]\n"),
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("encryption.recipients"), "{e}");
+    }
+
+    #[test]
+    fn roundtrip_toml() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        let again = Config::parse(Path::new("y.toml"), &c.to_toml()).unwrap();
+        assert_eq!(c, again);
+    }
+}

@@ -1,0 +1,277 @@
+//! Durable file operations shared by every pgpitr tool.
+//!
+//! The pattern is always the same: write into a temporary file in the destination folder,
+//! `fsync` it, publish it under its final name (never overwriting an existing file when the
+//! caller asks for that), then `fsync` the folder so the new directory entry survives a crash.
+//! Temporary files start with `.tmp-` so no reader ever mistakes one for a finished object.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Prefix of every temporary file pgpitr creates; listings ignore such names.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+    #[error("{path} is locked by another process ({what})")]
+    Locked { path: PathBuf, what: String },
+}
+
+impl DurableError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        DurableError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, DurableError>;
+
+/// A file being written in `dir` under a temporary name. Dropped without `publish`, it is removed.
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates `dir/.tmp-<hint>-<pid>-<n>` with the given mode.
+    pub fn new_in(dir: &Path, hint: &str, mode: u32) -> Result<TempFile> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!(
+            "{TMP_PREFIX}{hint}-{}-{n}-{nanos:x}",
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| DurableError::io("create", &path, e))?;
+        Ok(TempFile {
+            path,
+            file: Some(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("temp file already closed")
+    }
+
+    /// fsyncs the data and publishes it as `dest` (same folder), failing with `Exists` when
+    /// `dest` is already there: the existing file is never replaced. Then fsyncs the folder.
+    pub fn publish_new(mut self, dest: &Path) -> Result<()> {
+        self.sync()?;
+        match fs::hard_link(&self.path, dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(DurableError::Exists(dest.to_path_buf()))
+            }
+            Err(e) => return Err(DurableError::io("link", dest, e)),
+        }
+        let tmp = std::mem::take(&mut self.path);
+        fs::remove_file(&tmp).map_err(|e| DurableError::io("remove", &tmp, e))?;
+        sync_parent(dest)
+    }
+
+    /// fsyncs the data and renames it over `dest` (replacing it), then fsyncs the folder.
+    /// For state files that are meant to be replaced, never for archive objects.
+    pub fn publish_replace(mut self, dest: &Path) -> Result<()> {
+        self.sync()?;
+        let tmp = std::mem::take(&mut self.path);
+        fs::rename(&tmp, dest).map_err(|e| DurableError::io("rename", dest, e))?;
+        sync_parent(dest)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        let mut file = self.file.take().expect("temp file already closed");
+        file.flush()
+            .and_then(|_| file.sync_all())
+            .map_err(|e| DurableError::io("fsync", &self.path, e))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// fsyncs the folder that holds `path`.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(dir)
+}
+
+/// fsyncs a folder so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| DurableError::io("open", dir, e))?;
+    f.sync_all().map_err(|e| DurableError::io("fsync", dir, e))
+}
+
+/// Writes `bytes` to `dest` durably, replacing what was there.
+pub fn write_replace(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent_dir(dest);
+    let mut tmp = TempFile::new_in(dir, &file_hint(dest), mode)?;
+    tmp.file()
+        .write_all(bytes)
+        .map_err(|e| DurableError::io("write", dest, e))?;
+    tmp.publish_replace(dest)
+}
+
+/// Writes `bytes` to `dest` durably; fails with `Exists` if `dest` exists.
+pub fn write_new(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent_dir(dest);
+    let mut tmp = TempFile::new_in(dir, &file_hint(dest), mode)?;
+    tmp.file()
+        .write_all(bytes)
+        .map_err(|e| DurableError::io("write", dest, e))?;
+    tmp.publish_new(dest)
+}
+
+/// Creates a folder (and its parents) and fsyncs the parent so the entry is durable.
+pub fn create_dir_all_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| DurableError::io("create folder", dir, e))?;
+    sync_parent(dir)
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    p.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn file_hint(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into())
+}
+
+/// An advisory `flock` held until dropped.
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Takes an exclusive lock on `path` (created if missing), waiting for it.
+    pub fn exclusive(path: &Path) -> Result<FileLock> {
+        Self::take(path, libc::LOCK_EX)
+    }
+
+    /// Takes a shared lock on `path`, waiting for it.
+    pub fn shared(path: &Path) -> Result<FileLock> {
+        Self::take(path, libc::LOCK_SH)
+    }
+
+    /// Takes an exclusive lock without waiting; `Locked` when another process holds it.
+    pub fn try_exclusive(path: &Path, what: &str) -> Result<FileLock> {
+        match Self::take(path, libc::LOCK_EX | libc::LOCK_NB) {
+            Err(DurableError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EWOULDBLOCK) =>
+            {
+                Err(DurableError::Locked {
+                    path: path.to_path_buf(),
+                    what: what.to_string(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn take(path: &Path, op: libc::c_int) -> Result<FileLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| DurableError::io("open lock", path, e))?;
+        loop {
+            // SAFETY: flock on a valid descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(DurableError::io("lock", path, err));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_new_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("obj");
+        write_new(&dest, b"first", 0o640).unwrap();
+        let err = write_new(&dest, b"second", 0o640).unwrap_err();
+        assert!(matches!(err, DurableError::Exists(_)));
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        // no temp file left behind
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn replace_replaces_and_dropped_temp_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("state");
+        write_replace(&dest, b"a", 0o600).unwrap();
+        write_replace(&dest, b"b", 0o600).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"b");
+        let t = TempFile::new_in(dir.path(), "x", 0o600).unwrap();
+        let p = t.path().to_path_buf();
+        assert!(p.exists());
+        drop(t);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn try_lock_reports_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let _held = FileLock::exclusive(&p).unwrap();
+        // flock locks are per open file description, so a second open conflicts.
+        let err = FileLock::try_exclusive(&p, "a test").err().unwrap();
+        assert!(err.to_string().contains("locked"), "{err}");
+    }
+}

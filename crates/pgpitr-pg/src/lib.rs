@@ -1,0 +1,377 @@
+//! PostgreSQL control: finding the binaries, running server processes under the right
+//! account, pg_ctl, connections over the unix socket, and reading WAL with pg_waldump.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use pgpitr_wal::Lsn;
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use postgres::Client;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL binaries not found ({searched}). Install them with `apt-get install postgresql-15` (Debian/Ubuntu) or set postgres.bin_dir in the config")]
+    NoBinaries { searched: String },
+    #[error("operating-system user `{0}` does not exist; PostgreSQL refuses to run as root, so pgpitr runs the server as that user (create it, or set postgres.os_user)")]
+    NoSuchUser(String),
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to PostgreSQL at {socket_dir} port {port}: {message}")]
+    Connect {
+        socket_dir: PathBuf,
+        port: u16,
+        message: String,
+    },
+    #[error("query failed: {0}")]
+    Query(#[from] postgres::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, PgError>;
+
+/// The folder holding pg_ctl, pg_basebackup, postgres and friends.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub dir: PathBuf,
+}
+
+impl Bins {
+    /// Uses `configured` when given, else `pg_config --bindir`, else the newest
+    /// `/usr/lib/postgresql/*/bin`, else PATH.
+    pub fn discover(configured: Option<&Path>) -> Result<Bins> {
+        let mut searched = Vec::new();
+        let has = |d: &Path| d.join("pg_ctl").is_file() && d.join("postgres").is_file();
+        if let Some(d) = configured {
+            if has(d) {
+                return Ok(Bins { dir: d.to_path_buf() });
+            }
+            return Err(PgError::NoBinaries {
+                searched: format!("postgres.bin_dir = {} has no pg_ctl/postgres", d.display()),
+            });
+        }
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if out.status.success() && has(&d) {
+                return Ok(Bins { dir: d });
+            }
+            searched.push(format!("pg_config --bindir = {}", d.display()));
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .filter(|(_, d)| has(d))
+            .collect();
+        versions.sort();
+        if let Some((_, d)) = versions.pop() {
+            return Ok(Bins { dir: d });
+        }
+        searched.push("/usr/lib/postgresql/*/bin".into());
+        if let Some(path) = std::env::var_os("PATH") {
+            for d in std::env::split_paths(&path) {
+                if has(&d) {
+                    return Ok(Bins { dir: d });
+                }
+            }
+        }
+        searched.push("PATH".into());
+        Err(PgError::NoBinaries {
+            searched: searched.join(", "),
+        })
+    }
+
+    pub fn path(&self, tool: &str) -> PathBuf {
+        self.dir.join(tool)
+    }
+
+    /// Major version reported by `postgres --version`.
+    pub fn major_version(&self) -> Result<u32> {
+        let out = run(Command::new(self.path("postgres")).arg("--version"))?;
+        let s = String::from_utf8_lossy(&out.stdout);
+        s.split_whitespace()
+            .last()
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| PgError::Other(format!("cannot read version from {s:?}")))
+    }
+}
+
+/// The operating-system account server processes run as (only when we are root).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Account {
+    /// `Some(account)` when running as root (PostgreSQL refuses root), else `None`
+    /// (server processes run as the current user).
+    pub fn for_server(os_user: &str) -> Result<Option<Account>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        Self::lookup(os_user).map(Some)
+    }
+
+    pub fn lookup(name: &str) -> Result<Account> {
+        let c = CString::new(name).map_err(|_| PgError::NoSuchUser(name.into()))?;
+        // SAFETY: getpwnam returns a pointer to static storage or null; we copy out at once.
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if pw.is_null() {
+            return Err(PgError::NoSuchUser(name.into()));
+        }
+        // SAFETY: pw is non-null and points to a valid passwd struct.
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        Ok(Account {
+            name: name.into(),
+            uid,
+            gid,
+        })
+    }
+
+    /// Makes `path` and everything under it owned by this account.
+    pub fn chown_tree(&self, path: &Path) -> Result<()> {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .output()
+            .map_err(|source| PgError::Spawn {
+                cmd: "chown".into(),
+                source,
+            })?;
+        check("chown", out).map(|_| ())
+    }
+}
+
+/// A command that runs as `account` when given.
+pub fn command_as(program: &Path, account: Option<&Account>) -> Command {
+    let mut c = Command::new(program);
+    if let Some(a) = account {
+        c.uid(a.uid).gid(a.gid);
+        c.env("USER", &a.name).env("LOGNAME", &a.name);
+    }
+    c
+}
+
+/// Runs a command to completion, turning a non-zero exit into an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| PgError::Spawn {
+            cmd: name.clone(),
+            source,
+        })?;
+    check(&name, out)
+}
+
+fn check(name: &str, out: Output) -> Result<Output> {
+    if out.status.success() {
+        return Ok(out);
+    }
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if stderr.is_empty() {
+        stderr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    Err(PgError::Command {
+        cmd: name.to_string(),
+        status: out.status.to_string(),
+        stderr,
+    })
+}
+
+/// Where and as whom to reach a server.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+}
+
+impl Endpoint {
+    pub fn connect(&self, dbname: &str) -> Result<Client> {
+        let mut cfg = postgres::Config::new();
+        cfg.host_path(&self.socket_dir)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(dbname)
+            .application_name("pgpitr")
+            .connect_timeout(Duration::from_secs(10));
+        cfg.connect(postgres::NoTls).map_err(|e| PgError::Connect {
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+            message: e.to_string(),
+        })
+    }
+
+    /// Retries `connect` until it works or `timeout` passes.
+    pub fn wait_connect(&self, dbname: &str, timeout: Duration) -> Result<Client> {
+        let start = Instant::now();
+        loop {
+            match self.connect(dbname) {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() >= timeout => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+/// pg_ctl operations on one data folder.
+pub struct PgCtl<'a> {
+    pub bins: &'a Bins,
+    pub account: Option<&'a Account>,
+    pub data_dir: &'a Path,
+}
+
+impl PgCtl<'_> {
+    /// Starts the server with extra `postgres` options, logging to `log_file`; returns when
+    /// pg_ctl returns (use `wait: false` when recovery may take long).
+    pub fn start(&self, log_file: &Path, options: &str, wait: bool) -> Result<()> {
+        let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
+        c.arg("start")
+            .arg("-D")
+            .arg(self.data_dir)
+            .arg("-l")
+            .arg(log_file)
+            .arg("-o")
+            .arg(options)
+            .arg(if wait { "-w" } else { "-W" })
+            .current_dir(self.data_dir)
+            .stdout(Stdio::null());
+        run(&mut c).map(|_| ())
+    }
+
+    /// Stops the server (`fast` mode) and waits.
+    pub fn stop(&self) -> Result<()> {
+        let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
+        c.arg("stop")
+            .arg("-D")
+            .arg(self.data_dir)
+            .arg("-m")
+            .arg("fast")
+            .arg("-w")
+            .current_dir(self.data_dir)
+            .stdout(Stdio::null());
+        run(&mut c).map(|_| ())
+    }
+
+    /// Whether a postmaster is running on this folder.
+    pub fn is_running(&self) -> bool {
+        let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
+        c.arg("status").arg("-D").arg(self.data_dir).current_dir("/");
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// The command line an operator runs to stop this server.
+    pub fn stop_hint(&self) -> String {
+        let base = format!(
+            "{} stop -D {} -m fast",
+            self.bins.path("pg_ctl").display(),
+            self.data_dir.display()
+        );
+        match self.account {
+            Some(a) => format!("runuser -u {} -- {base}", a.name),
+            None => base,
+        }
+    }
+}
+
+/// A transaction end (commit/abort) seen in WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XactEnd {
+    pub lsn: Lsn,
+    pub time: DateTime<Utc>,
+}
+
+/// Reads one WAL segment file with pg_waldump and returns the last commit/abort record.
+pub fn last_xact_end(bins: &Bins, segment_file: &Path) -> Result<Option<XactEnd>> {
+    let out = Command::new(bins.path("pg_waldump"))
+        .arg("--rmgr=Transaction")
+        .arg(segment_file)
+        .env("TZ", "UTC")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| PgError::Spawn {
+            cmd: "pg_waldump".into(),
+            source,
+        })?;
+    // pg_waldump exits non-zero when it reaches the end of valid WAL; its stdout is still good.
+    Ok(parse_waldump_xact_ends(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .last())
+}
+
+/// Parses commit/abort records from pg_waldump output (run with TZ=UTC).
+pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(desc_at) = line.find("desc: ") else { continue };
+        let desc = &line[desc_at + 6..];
+        let rest = ["COMMIT ", "ABORT ", "COMMIT_PREPARED ", "ABORT_PREPARED "]
+            .iter()
+            .find_map(|p| desc.strip_prefix(p));
+        let Some(rest) = rest else { continue };
+        // "2026-11-22 09:52:48.123456 UTC; ..."
+        let ts: String = rest.chars().take_while(|c| *c != ';').collect();
+        let ts = ts.trim().trim_end_matches(" UTC");
+        let Ok(naive) = NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f") else {
+            continue;
+        };
+        let Some(lsn) = line
+            .split("lsn: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+        else {
+            continue;
+        };
+        out.push(XactEnd {
+            lsn,
+            time: naive.and_utc(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_waldump() {
+        let t = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000028, prev 0/02000110, desc: COMMIT 2026-11-22 09:52:48.123456 UTC\n\
+                 rmgr: Transaction len (rec/tot):    469/   469, tx:        736, lsn: 0/030001C8, prev 0/03000190, desc: COMMIT 2026-11-22 09:52:49.5 UTC; inval msgs: catcache 80\n\
+                 rmgr: Transaction len (rec/tot):     34/    34, tx:        737, lsn: 0/03000400, prev 0/030001C8, desc: ABORT 2026-11-22 09:52:50.000001 UTC";
+        let v = parse_waldump_xact_ends(t);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].lsn, "0/030001C8".parse().unwrap());
+        assert_eq!(v[2].time.to_rfc3339(), "2026-11-22T09:52:50.000001+00:00");
+    }
+}

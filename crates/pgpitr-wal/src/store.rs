@@ -1,0 +1,482 @@
+//! The archive folder on disk.
+//!
+//! ```text
+//! <archive.dir>/archive.json                      cluster identity, written on first push
+//! <archive.dir>/wal/TTTTTTTTXXXXXXXX/<name>-<sha256>.zst[.age]   segments, .partial, .backup
+//! <archive.dir>/history/TTTTTTTT.history-<sha256>.zst[.age]
+//! ```
+//! The sha256 of the original bytes is part of the object name, so a repeated push can be
+//! compared without the decryption key, and publishing a name is a single atomic link.
+
+use crate::codec::{sha256_reader, Decoder, Encoded, Encoder};
+use crate::header::{pg_major_for_magic, SegmentHeader, LONG_HEADER_LEN};
+use crate::names::WalName;
+use crate::{Result, WalError};
+use pgpitr_durable::{create_dir_all_durable, DurableError, FileLock, TempFile, TMP_PREFIX};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+pub const META_FILE: &str = "archive.json";
+const SUFFIXES: [&str; 4] = [".zst.age", ".zst", ".age", ""];
+
+/// Identity of the cluster an archive belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArchiveMeta {
+    pub format: u32,
+    pub system_identifier: u64,
+    pub pg_version: u32,
+    pub wal_segment_size: u64,
+    pub created: String,
+}
+
+/// One stored object.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub name: WalName,
+    pub sha256: String,
+    pub suffix: &'static str,
+    pub path: PathBuf,
+    pub stored_bytes: u64,
+    pub mtime: std::time::SystemTime,
+}
+
+/// Outcome of a push.
+#[derive(Debug)]
+pub enum Pushed {
+    Stored(Encoded),
+    AlreadyArchived { sha256: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Parses `<walname>-<sha256><suffix>`.
+fn parse_object_name(file: &str) -> Option<(WalName, String, &'static str)> {
+    let (wal, rest) = file.split_once('-')?;
+    let name = WalName::parse(wal)?;
+    if rest.len() < 64 {
+        return None;
+    }
+    let (sha, ext) = rest.split_at(64);
+    if !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return None;
+    }
+    let suffix = SUFFIXES.iter().find(|s| **s == ext)?;
+    Some((name, sha.to_string(), suffix))
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn shard_dir(&self, name: &WalName) -> PathBuf {
+        match name {
+            WalName::History { .. } => self.dir.join("history"),
+            _ => self.dir.join("wal").join(name.shard()),
+        }
+    }
+
+    pub fn meta(&self) -> Result<Option<ArchiveMeta>> {
+        let p = self.dir.join(META_FILE);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| WalError::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(WalError::io(format!("read {}", p.display()), e)),
+        }
+    }
+
+    /// Records `meta` if the archive has none yet, else checks it matches.
+    fn ensure_meta(&self, meta: ArchiveMeta, name: &WalName) -> Result<ArchiveMeta> {
+        let existing = match self.meta()? {
+            Some(m) => m,
+            None => {
+                let p = self.dir.join(META_FILE);
+                let body = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+                match pgpitr_durable::write_new(&p, &body, 0o644) {
+                    Ok(()) => return Ok(meta),
+                    Err(DurableError::Exists(_)) => self
+                        .meta()?
+                        .ok_or_else(|| WalError::Invalid("archive.json vanished".into()))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if existing.system_identifier != meta.system_identifier {
+            return Err(WalError::ForeignCluster {
+                name: name.to_string(),
+                found: meta.system_identifier,
+                expected: existing.system_identifier,
+                archive: self.dir.display().to_string(),
+            });
+        }
+        if existing.wal_segment_size != meta.wal_segment_size {
+            return Err(WalError::Invalid(format!(
+                "{name} uses {}-byte segments but the archive holds {}-byte segments",
+                meta.wal_segment_size, existing.wal_segment_size
+            )));
+        }
+        Ok(existing)
+    }
+
+    /// The object stored for `name`, if any.
+    pub fn find(&self, name: &WalName) -> Result<Option<Object>> {
+        let dir = self.shard_dir(name);
+        let prefix = format!("{name}-");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(WalError::io(format!("list {}", dir.display()), e)),
+        };
+        let mut found: Option<Object> = None;
+        for ent in rd {
+            let ent = ent.map_err(|e| WalError::io(format!("list {}", dir.display()), e))?;
+            let file = ent.file_name();
+            let Some(file) = file.to_str() else { continue };
+            if !file.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(obj) = self.object_from_entry(&dir, file)? {
+                if let Some(prev) = &found {
+                    return Err(WalError::Invalid(format!(
+                        "two objects for {name} in {} ({} and {}): remove the one that should not be there",
+                        dir.display(),
+                        prev.sha256,
+                        obj.sha256
+                    )));
+                }
+                found = Some(obj);
+            }
+        }
+        Ok(found)
+    }
+
+    fn object_from_entry(&self, dir: &Path, file: &str) -> Result<Option<Object>> {
+        let Some((name, sha256, suffix)) = parse_object_name(file) else {
+            return Ok(None);
+        };
+        let path = dir.join(file);
+        let md = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(WalError::io(format!("stat {}", path.display()), e)),
+        };
+        Ok(Some(Object {
+            name,
+            sha256,
+            suffix,
+            path,
+            stored_bytes: md.len(),
+            mtime: md.modified().unwrap_or(std::time::UNIX_EPOCH),
+        }))
+    }
+
+    /// Every object in the archive, sorted by name.
+    pub fn list(&self) -> Result<Vec<Object>> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.dir.join("history")];
+        let wal = self.dir.join("wal");
+        match fs::read_dir(&wal) {
+            Ok(rd) => {
+                for ent in rd {
+                    let ent = ent.map_err(|e| WalError::io(format!("list {}", wal.display()), e))?;
+                    dirs.push(ent.path());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalError::io(format!("list {}", wal.display()), e)),
+        }
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(WalError::io(format!("list {}", dir.display()), e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| WalError::io(format!("list {}", dir.display()), e))?;
+                let file = ent.file_name();
+                let Some(file) = file.to_str() else { continue };
+                if file.starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                if let Some(o) = self.object_from_entry(&dir, file)? {
+                    out.push(o);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Archives the file at `src` under `name` (PostgreSQL's %p and %f).
+    ///
+    /// `pg_version` is the major version from the data folder's PG_VERSION when known.
+    pub fn push(
+        &self,
+        src: &Path,
+        name: &WalName,
+        encoder: &Encoder,
+        pg_version: Option<u32>,
+    ) -> Result<Pushed> {
+        let mut file =
+            File::open(src).map_err(|e| WalError::io(format!("open {}", src.display()), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| WalError::io(format!("stat {}", src.display()), e))?
+            .len();
+        if matches!(name, WalName::Segment { .. } | WalName::Partial { .. }) {
+            self.check_segment(&mut file, size, name, pg_version)?;
+        }
+        if let Some(existing) = self.find(name)? {
+            return self.compare_existing(&mut file, name, existing);
+        }
+        let dir = self.shard_dir(name);
+        create_dir_all_durable(&dir)?;
+        let mut tmp = TempFile::new_in(&dir, &name.to_string(), 0o640)?;
+        let encoded = encoder.encode(std::io::BufReader::with_capacity(1 << 20, &mut file), tmp.file())?;
+        let dest = dir.join(format!("{name}-{}{}", encoded.sha256, encoder.suffix()));
+        // Serialise the "is there one already?" check with the publish, so two concurrent
+        // pushes of different bytes cannot both land.
+        let _lock = FileLock::exclusive(&self.dir.join(".publish.lock"))?;
+        if let Some(existing) = self.find(name)? {
+            drop(tmp);
+            return if existing.sha256 == encoded.sha256 {
+                Ok(Pushed::AlreadyArchived {
+                    sha256: existing.sha256,
+                })
+            } else {
+                Err(WalError::Conflict {
+                    name: name.to_string(),
+                    stored: existing.sha256,
+                    new: encoded.sha256,
+                })
+            };
+        }
+        match tmp.publish_new(&dest) {
+            Ok(()) => Ok(Pushed::Stored(encoded)),
+            Err(DurableError::Exists(_)) => Ok(Pushed::AlreadyArchived {
+                sha256: encoded.sha256,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn compare_existing(&self, file: &mut File, name: &WalName, existing: Object) -> Result<Pushed> {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| WalError::io("seek", e))?;
+        let (sha, _) = sha256_reader(std::io::BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| WalError::io(format!("read {name}"), e))?;
+        if sha == existing.sha256 {
+            Ok(Pushed::AlreadyArchived { sha256: sha })
+        } else {
+            Err(WalError::Conflict {
+                name: name.to_string(),
+                stored: existing.sha256,
+                new: sha,
+            })
+        }
+    }
+
+    fn check_segment(
+        &self,
+        file: &mut File,
+        size: u64,
+        name: &WalName,
+        pg_version: Option<u32>,
+    ) -> Result<()> {
+        let mut head = [0u8; LONG_HEADER_LEN];
+        let n = read_up_to(file, &mut head).map_err(|e| WalError::io(format!("read {name}"), e))?;
+        let h = SegmentHeader::parse(&head[..n])
+            .map_err(|e| WalError::Invalid(format!("{name} is not a valid WAL segment: {e}")))?;
+        if size != h.seg_size as u64 {
+            return Err(WalError::Invalid(format!(
+                "{name} is {size} bytes but its page header declares {}-byte segments: truncated or damaged, not archived",
+                h.seg_size
+            )));
+        }
+        let segno = name.segno(size).expect("segment names carry a segment number");
+        if h.page_addr != segno * size {
+            return Err(WalError::Invalid(format!(
+                "{name} starts at WAL position {:#x}, but its name says {:#x}: the file was renamed or damaged, not archived",
+                h.page_addr,
+                segno * size
+            )));
+        }
+        let meta = ArchiveMeta {
+            format: 1,
+            system_identifier: h.system_identifier,
+            pg_version: pg_version
+                .or_else(|| pg_major_for_magic(h.magic))
+                .unwrap_or(0),
+            wal_segment_size: size,
+            created: chrono::Utc::now().to_rfc3339(),
+        };
+        self.ensure_meta(meta, name)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| WalError::io("seek", e))?;
+        Ok(())
+    }
+
+    /// Restores `name` into `dest` atomically. `Ok(false)` when it is not archived.
+    pub fn fetch(&self, name: &WalName, decoder: &Decoder, dest: &Path) -> Result<bool> {
+        let Some(obj) = self.find(name)? else {
+            return Ok(false);
+        };
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = TempFile::new_in(dir, "restore", 0o600)?;
+        self.decode_object(&obj, decoder, tmp.file())?;
+        tmp.publish_replace(dest)?;
+        Ok(true)
+    }
+
+    /// Decodes an object into `out`, checking the original's checksum.
+    pub fn decode_object<W: std::io::Write>(&self, obj: &Object, decoder: &Decoder, out: W) -> Result<u64> {
+        let f = File::open(&obj.path)
+            .map_err(|e| WalError::io(format!("open {}", obj.path.display()), e))?;
+        let (sha, n) = decoder
+            .decode(obj.suffix, f, out)
+            .map_err(|e| match e {
+                WalError::Io { what, source } => WalError::Io {
+                    what: format!("{what} {} (object damaged?)", obj.name),
+                    source,
+                },
+                other => other,
+            })?;
+        if sha != obj.sha256 {
+            return Err(WalError::Corrupt {
+                name: obj.name.to_string(),
+                expected: obj.sha256.clone(),
+                actual: sha,
+            });
+        }
+        Ok(n)
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgpitr_config::Compression;
+
+    const SEG: u64 = 1 << 20;
+
+    fn segment(sysid: u64, segno: u64, fill: u8) -> Vec<u8> {
+        let mut b = vec![fill; SEG as usize];
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno * SEG).to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, Encoder) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(&d.path().join("arch"));
+        fs::create_dir_all(s.dir()).unwrap();
+        (d, s, Encoder::new(Compression::Zstd, 3, None).unwrap())
+    }
+
+    #[test]
+    fn push_same_and_different_bytes() {
+        let (d, s, e) = setup();
+        let name = WalName::segment(1, 5, SEG);
+        let src = d.path().join("seg");
+        fs::write(&src, segment(42, 5, 7)).unwrap();
+        assert!(matches!(s.push(&src, &name, &e, Some(15)).unwrap(), Pushed::Stored(_)));
+        let obj = s.find(&name).unwrap().unwrap();
+        let before = fs::metadata(&obj.path).unwrap().modified().unwrap();
+        assert!(matches!(
+            s.push(&src, &name, &e, Some(15)).unwrap(),
+            Pushed::AlreadyArchived { .. }
+        ));
+        fs::write(&src, segment(42, 5, 8)).unwrap();
+        let err = s.push(&src, &name, &e, Some(15)).unwrap_err().to_string();
+        assert!(err.contains(&obj.sha256), "{err}");
+        let after = s.find(&name).unwrap().unwrap();
+        assert_eq!(after.sha256, obj.sha256);
+        assert_eq!(fs::metadata(&after.path).unwrap().modified().unwrap(), before);
+        assert_eq!(s.meta().unwrap().unwrap().system_identifier, 42);
+
+        let out = d.path().join("back");
+        assert!(s.fetch(&name, &Decoder::plain(), &out).unwrap());
+        assert_eq!(fs::read(&out).unwrap(), segment(42, 5, 7));
+        assert!(!s.fetch(&WalName::segment(1, 6, SEG), &Decoder::plain(), &out).unwrap());
+    }
+
+    #[test]
+    fn refuses_foreign_truncated_and_renamed() {
+        let (d, s, e) = setup();
+        let src = d.path().join("seg");
+        fs::write(&src, segment(42, 5, 7)).unwrap();
+        s.push(&src, &WalName::segment(1, 5, SEG), &e, None).unwrap();
+        fs::write(&src, segment(43, 6, 7)).unwrap();
+        let err = s.push(&src, &WalName::segment(1, 6, SEG), &e, None).unwrap_err();
+        assert!(matches!(err, WalError::ForeignCluster { .. }), "{err}");
+        let mut short = segment(42, 7, 7);
+        short.truncate(4096);
+        fs::write(&src, short).unwrap();
+        let err = s.push(&src, &WalName::segment(1, 7, SEG), &e, None).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        fs::write(&src, segment(42, 9, 7)).unwrap();
+        let err = s.push(&src, &WalName::segment(1, 8, SEG), &e, None).unwrap_err();
+        assert!(err.to_string().contains("renamed"), "{err}");
+        assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_object_detected() {
+        let (d, s, e) = setup();
+        let name = WalName::parse("00000002.history").unwrap();
+        let src = d.path().join("h");
+        fs::write(&src, b"1\t0/3000000\tno recovery target specified\n").unwrap();
+        s.push(&src, &name, &e, None).unwrap();
+        let obj = s.find(&name).unwrap().unwrap();
+        // Replace the object with a valid zstd frame of other bytes: only the sha catches it.
+        let mut other = Vec::new();
+        e.encode(&b"1\t0/4000000\tother\n"[..], &mut other).unwrap();
+        fs::write(&obj.path, other).unwrap();
+        let err = s.fetch(&name, &Decoder::plain(), &d.path().join("o")).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert!(!d.path().join("o").exists());
+    }
+
+    #[test]
+    fn object_names() {
+        let sha = "a".repeat(64);
+        let (n, s, suf) = parse_object_name(&format!("000000010000000000000001-{sha}.zst.age")).unwrap();
+        assert_eq!(n.to_string(), "000000010000000000000001");
+        assert_eq!(s, sha);
+        assert_eq!(suf, ".zst.age");
+        assert!(parse_object_name(&format!("000000010000000000000001-{sha}.bogus")).is_none());
+        assert!(parse_object_name(".tmp-000000010000000000000001-1-2").is_none());
+    }
+}
