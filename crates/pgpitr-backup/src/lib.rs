@@ -1,14 +1,546 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Base backups: taking them with pg_basebackup, storing them compressed (and encrypted),
+//! verifying them against PostgreSQL's backup manifest, and the catalog of complete backups.
+//!
+//! `<backup.dir>/<id>/` holds `base.tar.zst[.age]` (and one tar per tablespace),
+//! `backup_manifest`, and `backup.json`, written last: a folder without it is not a backup.
+
+mod manifest;
+
+use chrono::{DateTime, Utc};
+use pgpitr_config::Config;
+use pgpitr_durable::{create_dir_all_durable, write_new};
+use pgpitr_pg::{Bins, Endpoint};
+use pgpitr_wal::codec::{Decoder, Encoder, HashingWriter};
+use pgpitr_wal::Lsn;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+pub use manifest::Manifest;
+
+pub const BACKUP_JSON: &str = "backup.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Pg(#[from] pgpitr_pg::PgError),
+    #[error(transparent)]
+    Wal(#[from] pgpitr_wal::WalError),
+    #[error(transparent)]
+    Durable(#[from] pgpitr_durable::DurableError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("backup {id} failed verification: {message}")]
+    Verify { id: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
+    let what = what.into();
+    move |source| BackupError::Io { what, source }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+pub type Result<T> = std::result::Result<T, BackupError>;
+
+/// One stored file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupFile {
+    /// Stored name, e.g. `base.tar.zst.age`.
+    pub name: String,
+    /// Name of the original, e.g. `base.tar`.
+    pub original: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub raw_sha256: String,
+    pub stored_sha256: String,
+}
+
+/// `backup.json`: what a restore needs to know about a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupInfo {
+    pub format: u32,
+    pub id: String,
+    pub instance: String,
+    pub label: String,
+    pub start_lsn: Lsn,
+    pub checkpoint_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: u32,
+    pub start_time: DateTime<Utc>,
+    /// When the backup became usable (pg_basebackup returned): the earliest time target.
+    pub stop_time: DateTime<Utc>,
+    pub system_identifier: String,
+    pub pg_version_num: u32,
+    pub wal_segment_size: u64,
+    /// Next transaction id after the backup ended: `xid:` targets at or above it are reachable.
+    pub next_xid: u64,
+    pub compression: String,
+    pub encrypted: bool,
+    pub files: Vec<BackupFile>,
+    pub manifest_sha256: String,
+    pub duration_seconds: f64,
+}
+
+impl BackupInfo {
+    pub fn raw_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.raw_bytes).sum()
+    }
+    pub fn stored_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.stored_bytes).sum()
+    }
+}
+
+/// Complete backups (those with a readable `backup.json`), oldest first.
+pub fn catalog(backup_dir: &Path) -> Result<Vec<BackupInfo>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(backup_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(format!("list {}", backup_dir.display()))(e)),
+    };
+    for ent in rd {
+        let ent = ent.map_err(io_err(format!("list {}", backup_dir.display())))?;
+        let p = ent.path().join(BACKUP_JSON);
+        let Ok(bytes) = fs::read(&p) else { continue };
+        match serde_json::from_slice::<BackupInfo>(&bytes) {
+            Ok(info) => out.push(info),
+            Err(e) => tracing::warn!("ignoring {}: {e}", p.display()),
+        }
+    }
+    out.sort_by(|a, b| a.stop_lsn.cmp(&b.stop_lsn).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Takes a base backup of the instance's server. `progress` receives human-readable steps.
+pub fn take(config: &Config, progress: &mut dyn FnMut(&str)) -> Result<BackupInfo> {
+    let started = Instant::now();
+    let bins = Bins::discover(config.postgres.bin_dir.as_deref())?;
+    let ep = Endpoint {
+        socket_dir: config.postgres.socket_dir.clone(),
+        port: config.postgres.port,
+        user: config.postgres.user.clone(),
+    };
+    let encoder = Encoder::new(
+        config.archive.compression,
+        config.archive.level,
+        config.encryption.as_ref(),
+    )?;
+    let mut client = ep.connect("postgres")?;
+    let row = client.query_one(
+        "SELECT system_identifier::text, current_setting('server_version_num')::int, \
+         (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), current_setting('archive_mode') \
+         FROM pg_control_system()",
+        &[],
+    ).map_err(pgpitr_pg::PgError::from)?;
+    let sysid: String = row.get(0);
+    let version_num: i32 = row.get(1);
+    let seg_size: i64 = row.get(2);
+    let archive_mode: String = row.get(3);
+    if archive_mode == "off" {
+        return Err(BackupError::Invalid(
+            "archive_mode is off on the server: a base backup without WAL archiving cannot be rewound to a point in time. Set archive_mode = on and archive_command to archive-wal, then restart PostgreSQL".into(),
+        ));
+    }
+
+    create_dir_all_durable(&config.backup.dir)?;
+    let id = new_id(&config.backup.dir);
+    let dir = config.backup.dir.join(&id);
+    fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    // Whatever happens from here, a failed run removes its folder; a killed run leaves a
+    // folder without backup.json, which is never counted.
+    let guard = RemoveOnDrop(Some(dir.clone()));
+    let staging = dir.join(".staging");
+    fs::create_dir(&staging).map_err(io_err(format!("create {}", staging.display())))?;
+
+    let start_time = Utc::now();
+    progress(&format!("pg_basebackup into {}", dir.display()));
+    let label = format!("pgpitr {} {id}", config.instance);
+    let tty = std::io::stderr().is_terminal();
+    let mut cmd = Command::new(bins.path("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(&staging)
+        .args([
+            "-F",
+            "tar",
+            "-X",
+            "fetch",
+            "--checkpoint=fast",
+            "--no-password",
+        ])
+        .arg("-l")
+        .arg(&label)
+        .arg("-h")
+        .arg(&config.postgres.socket_dir)
+        .arg("-p")
+        .arg(config.postgres.port.to_string())
+        .arg("-U")
+        .arg(&config.postgres.user)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if tty {
+        cmd.arg("-P").stderr(Stdio::inherit());
+    } else {
+        cmd.stderr(Stdio::piped());
+    }
+    let out = cmd.output().map_err(|source| pgpitr_pg::PgError::Spawn {
+        cmd: "pg_basebackup".into(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(pgpitr_pg::PgError::Command {
+            cmd: "pg_basebackup".into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
+    }
+    let stop_time = Utc::now();
+    let next_xid: String = client
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .map_err(pgpitr_pg::PgError::from)?
+        .get(0);
+
+    let manifest_bytes = fs::read(staging.join("backup_manifest"))
+        .map_err(io_err("read backup_manifest from pg_basebackup"))?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|message| BackupError::Verify {
+        id: id.clone(),
+        message,
+    })?;
+
+    let mut tars: Vec<String> = fs::read_dir(&staging)
+        .map_err(io_err("list staging"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tar"))
+        .collect();
+    tars.sort();
+
+    progress("checking pg_basebackup's output against its manifest");
+    let mut seen = std::collections::HashMap::new();
+    let mut label_text = None;
+    for tar_name in &tars {
+        let src = staging.join(tar_name);
+        let f = File::open(&src).map_err(io_err(format!("open {}", src.display())))?;
+        manifest::check_tar(
+            BufReader::with_capacity(1 << 20, f),
+            &tar_prefix(tar_name),
+            &mut seen,
+            &mut label_text,
+        )
+        .map_err(|message| BackupError::Verify {
+            id: id.clone(),
+            message,
+        })?;
+    }
+    manifest
+        .compare(&seen)
+        .map_err(|message| BackupError::Verify {
+            id: id.clone(),
+            message,
+        })?;
+    let (start_lsn, checkpoint_lsn, timeline) =
+        manifest::parse_backup_label(label_text.as_deref().unwrap_or("")).map_err(|message| {
+            BackupError::Verify {
+                id: id.clone(),
+                message,
+            }
+        })?;
+
+    let mut files = Vec::new();
+    for tar_name in &tars {
+        progress(&format!("compressing {tar_name}"));
+        let src = staging.join(tar_name);
+        let stored_name = format!("{tar_name}{}", encoder.suffix());
+        let dest = dir.join(&stored_name);
+        let mut tmp = pgpitr_durable::TempFile::new_in(&dir, &stored_name, 0o640)?;
+        let f = File::open(&src).map_err(io_err(format!("open {}", src.display())))?;
+        let mut hw = HashingWriter::new(tmp.file());
+        let enc = encoder.encode(BufReader::with_capacity(1 << 20, f), &mut hw)?;
+        let (stored_sha, _) = hw.finish();
+        tmp.publish_new(&dest)?;
+        fs::remove_file(&src).map_err(io_err(format!("remove {}", src.display())))?;
+        files.push(BackupFile {
+            name: stored_name,
+            original: tar_name.clone(),
+            raw_bytes: enc.raw_bytes,
+            stored_bytes: enc.stored_bytes,
+            raw_sha256: enc.sha256,
+            stored_sha256: stored_sha,
+        });
+    }
+    write_new(&dir.join("backup_manifest"), &manifest_bytes, 0o640)?;
+    fs::remove_file(staging.join("backup_manifest")).ok();
+    fs::remove_dir(&staging).map_err(io_err("remove staging"))?;
+
+    progress("verifying the stored files");
+    verify_stored_checksums(&dir, &files, &id)?;
+    // Decode back what we stored when we can: always without encryption, and with it when
+    // the identity file is readable here (it often lives offline, which is fine).
+    let decoder = match (&config.encryption, encoder.encrypted()) {
+        (_, false) => Some(Decoder::plain()),
+        (Some(enc), true) => enc
+            .identity_file
+            .as_deref()
+            .filter(|p| p.is_file())
+            .and_then(|p| Decoder::from_identity_file(p).ok()),
+        (None, true) => None,
+    };
+    if let Some(decoder) = decoder {
+        verify_decodes(&dir, &files, &decoder, &id)?;
+    }
+
+    let stop_lsn = manifest
+        .end_lsn()
+        .ok_or_else(|| BackupError::Invalid("backup_manifest has no WAL-Ranges".into()))?;
+
+    let info = BackupInfo {
+        format: 1,
+        id: id.clone(),
+        instance: config.instance.clone(),
+        label,
+        start_lsn,
+        checkpoint_lsn,
+        stop_lsn,
+        timeline,
+        start_time,
+        stop_time,
+        system_identifier: sysid,
+        pg_version_num: version_num as u32,
+        wal_segment_size: seg_size as u64,
+        next_xid: next_xid.parse().unwrap_or(0),
+        compression: format!("{:?}", config.archive.compression).to_lowercase(),
+        encrypted: encoder.encrypted(),
+        files,
+        manifest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes)),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    let body = serde_json::to_vec_pretty(&info).expect("backup.json serialises");
+    write_new(&dir.join(BACKUP_JSON), &body, 0o640)?;
+    guard.disarm();
+    progress(&format!("backup {id} complete"));
+    Ok(info)
+}
+
+/// Checks the stored files' sha256 against `backup.json` (no decryption needed).
+pub fn verify_stored_checksums(dir: &Path, files: &[BackupFile], id: &str) -> Result<()> {
+    for f in files {
+        let p = dir.join(&f.name);
+        let file = File::open(&p).map_err(io_err(format!("open {}", p.display())))?;
+        let (sha, n) = pgpitr_wal::codec::sha256_reader(BufReader::new(file))
+            .map_err(io_err(format!("read {}", p.display())))?;
+        if sha != f.stored_sha256 || n != f.stored_bytes {
+            return Err(BackupError::Verify {
+                id: id.into(),
+                message: format!(
+                    "{} is damaged (sha256 {sha}, expected {})",
+                    f.name, f.stored_sha256
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Decodes every stored file and compares it with the original's sha256.
+pub fn verify_decodes(dir: &Path, files: &[BackupFile], decoder: &Decoder, id: &str) -> Result<()> {
+    for f in files {
+        let p = dir.join(&f.name);
+        let file = File::open(&p).map_err(io_err(format!("open {}", p.display())))?;
+        let suffix = f.name.strip_prefix(&f.original).unwrap_or("");
+        let (sha, n) = decoder.decode(suffix, BufReader::new(file), std::io::sink())?;
+        if sha != f.raw_sha256 || n != f.raw_bytes {
+            return Err(BackupError::Verify {
+                id: id.into(),
+                message: format!(
+                    "{} decodes to sha256 {sha}, expected {}",
+                    f.name, f.raw_sha256
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Full check of a stored backup: decodes every tar and checks each file inside against
+/// the manifest (size and CRC32C).
+pub fn verify_contents(
+    dir: &Path,
+    files: &[BackupFile],
+    manifest: &Manifest,
+    decoder: &Decoder,
+    id: &str,
+) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    let mut label = None;
+    let verr = |message: String| BackupError::Verify {
+        id: id.into(),
+        message,
+    };
+    for f in files {
+        let p = dir.join(&f.name);
+        let file = File::open(&p).map_err(io_err(format!("open {}", p.display())))?;
+        let suffix = f.name.strip_prefix(&f.original).unwrap_or("");
+        let (reader, writer) = pipe_channel();
+        let prefix = tar_prefix(&f.original);
+        std::thread::scope(|s| -> Result<()> {
+            let h = s.spawn(move || decoder.decode(suffix, file, writer));
+            let r = manifest::check_tar(reader, &prefix, &mut seen, &mut label);
+            let (sha, _) = h.join().expect("decoder thread")?;
+            r.map_err(verr)?;
+            if sha != f.raw_sha256 {
+                return Err(verr(format!(
+                    "{} decodes to sha256 {sha}, expected {}",
+                    f.name, f.raw_sha256
+                )));
+            }
+            Ok(())
+        })?;
+    }
+    manifest.compare(&seen).map_err(verr)
+}
+
+/// Path prefix the manifest uses for files of a tablespace tar (`<oid>.tar`).
+fn tar_prefix(tar_name: &str) -> String {
+    if tar_name == "base.tar" {
+        String::new()
+    } else {
+        format!("pg_tblspc/{}/", tar_name.trim_end_matches(".tar"))
+    }
+}
+
+/// A bounded in-memory pipe between a decoding thread and a reader.
+fn pipe_channel() -> (PipeReader, PipeWriter) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    (
+        PipeReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        },
+        PipeWriter { tx },
+    )
+}
+
+pub struct PipeWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl std::io::Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "reader gone"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct PipeReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        // Drain so a writer blocked on a full channel can finish.
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Extracts a backup's data into `into` (which must exist and be empty).
+pub fn extract(info: &BackupInfo, backup_dir: &Path, decoder: &Decoder, into: &Path) -> Result<()> {
+    let dir = backup_dir.join(&info.id);
+    for f in &info.files {
+        if f.original != "base.tar" {
+            return Err(BackupError::Invalid(format!(
+                "backup {} has tablespace archive {}; restoring tablespaces is not supported yet",
+                info.id, f.original
+            )));
+        }
+    }
+    for f in &info.files {
+        let p = dir.join(&f.name);
+        let file = File::open(&p).map_err(io_err(format!("open {}", p.display())))?;
+        let suffix = f.name.strip_prefix(&f.original).unwrap_or("");
+        let (reader, writer) = pipe_channel();
+        std::thread::scope(|s| -> Result<()> {
+            let h = s.spawn(move || decoder.decode(suffix, file, writer));
+            let mut ar = tar::Archive::new(reader);
+            ar.set_preserve_permissions(true);
+            let r = ar.unpack(into).map_err(io_err(format!(
+                "extract {} into {}",
+                f.name,
+                into.display()
+            )));
+            let decoded = h.join().expect("decoder thread");
+            r?;
+            let (sha, _) = decoded?;
+            if sha != f.raw_sha256 {
+                return Err(BackupError::Verify {
+                    id: info.id.clone(),
+                    message: format!(
+                        "{} decodes to sha256 {sha}, expected {}",
+                        f.name, f.raw_sha256
+                    ),
+                });
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn new_id(backup_dir: &Path) -> String {
+    let base = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut id = base.clone();
+    let mut n = 1;
+    while backup_dir.join(&id).exists() {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    id
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(&p);
+        }
     }
 }

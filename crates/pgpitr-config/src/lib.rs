@@ -285,7 +285,10 @@ impl Config {
             ("postgres.socket_dir", &self.postgres.socket_dir),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ));
             }
         }
         Ok(())
@@ -353,7 +356,9 @@ dir = "/srv/backup"
     fn json_same_schema() {
         let j = r#"{"instance":"a","archive":{"dir":"/a"},"backup":{"dir":"/b"},
             "bogus": 1}"#;
-        let e = Config::parse(Path::new("c.json"), j).unwrap_err().to_string();
+        let e = Config::parse(Path::new("c.json"), j)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus") && e.contains("line 2"), "{e}");
         let ok = r#"{"instance":"a","archive":{"dir":"/a"},"backup":{"dir":"/b"}}"#;
         assert_eq!(

@@ -57,7 +57,9 @@ impl Bins {
         let has = |d: &Path| d.join("pg_ctl").is_file() && d.join("postgres").is_file();
         if let Some(d) = configured {
             if has(d) {
-                return Ok(Bins { dir: d.to_path_buf() });
+                return Ok(Bins {
+                    dir: d.to_path_buf(),
+                });
             }
             return Err(PgError::NoBinaries {
                 searched: format!("postgres.bin_dir = {} has no pg_ctl/postgres", d.display()),
@@ -281,7 +283,10 @@ impl PgCtl<'_> {
     /// Whether a postmaster is running on this folder.
     pub fn is_running(&self) -> bool {
         let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
-        c.arg("status").arg("-D").arg(self.data_dir).current_dir("/");
+        c.arg("status")
+            .arg("-D")
+            .arg(self.data_dir)
+            .current_dir("/");
         c.stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -324,16 +329,20 @@ pub fn last_xact_end(bins: &Bins, segment_file: &Path) -> Result<Option<XactEnd>
             source,
         })?;
     // pg_waldump exits non-zero when it reaches the end of valid WAL; its stdout is still good.
-    Ok(parse_waldump_xact_ends(&String::from_utf8_lossy(&out.stdout))
-        .into_iter()
-        .last())
+    Ok(
+        parse_waldump_xact_ends(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .last(),
+    )
 }
 
 /// Parses commit/abort records from pg_waldump output (run with TZ=UTC).
 pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(desc_at) = line.find("desc: ") else { continue };
+        let Some(desc_at) = line.find("desc: ") else {
+            continue;
+        };
         let desc = &line[desc_at + 6..];
         let rest = ["COMMIT ", "ABORT ", "COMMIT_PREPARED ", "ABORT_PREPARED "]
             .iter()

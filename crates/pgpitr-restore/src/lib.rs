@@ -1,14 +1,44 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Point-in-time restore: the inventory of backups and archived WAL, the restorable window,
+//! the plan (backup, timeline, WAL chain, target) checked before anything is touched, and
+//! the execution (extract, configure recovery, start, replay, promote, report).
+
+pub mod execute;
+pub mod inventory;
+pub mod plan;
+pub mod target;
+
+pub use execute::{execute, ExecuteOptions, RestoreReport};
+pub use inventory::{Inventory, Status};
+pub use plan::{plan, Plan, PlanRequest};
+pub use target::{parse_target, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Wal(#[from] pgpitr_wal::WalError),
+    #[error(transparent)]
+    Backup(#[from] pgpitr_backup::BackupError),
+    #[error(transparent)]
+    Pg(#[from] pgpitr_pg::PgError),
+    #[error(transparent)]
+    Durable(#[from] pgpitr_durable::DurableError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request cannot be satisfied; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// PostgreSQL failed during recovery.
+    #[error("{0}")]
+    Recovery(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub type Result<T> = std::result::Result<T, RestoreError>;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Io { what, source }
 }

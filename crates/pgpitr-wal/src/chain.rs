@@ -92,12 +92,18 @@ pub fn walk(
     let seg_size = index.seg_size;
     let tlis: Vec<u32> = path.iter().map(|r| r.tli).collect();
     let first = start.segno(seg_size);
-    let last = end_segno.or_else(|| index.max_segno_on(&tlis)).unwrap_or(first);
     let mut segments = Vec::new();
+    let Some(last) = end_segno.or_else(|| index.max_segno_on(&tlis)) else {
+        return ChainWalk {
+            segments,
+            contiguous_end: None,
+            gaps: Vec::new(),
+        };
+    };
     let mut gaps: Vec<Gap> = Vec::new();
     let mut contiguous_end = None;
     let mut broken = false;
-    for segno in first..=last.max(first) {
+    for segno in first..=last {
         let found = candidates(path, segno, seg_size).find(|t| index.get(*t, segno).is_some());
         match found {
             Some(tli) => {
@@ -108,13 +114,12 @@ pub fn walk(
             }
             None => {
                 broken = true;
-                let tli = candidates(path, segno, seg_size).next().unwrap_or(path[0].tli);
+                let tli = candidates(path, segno, seg_size)
+                    .next()
+                    .unwrap_or(path[0].tli);
                 let name = WalName::segment(tli, segno, seg_size);
                 match gaps.last_mut() {
-                    Some(g)
-                        if g.tli == tli
-                            && g.last.segno(seg_size) == Some(segno - 1) =>
-                    {
+                    Some(g) if g.tli == tli && g.last.segno(seg_size) == Some(segno - 1) => {
                         g.last = name;
                         g.count += 1;
                     }
@@ -182,16 +187,29 @@ mod tests {
             .collect();
         let idx = SegmentIndex::new(&objs, SEG);
         let path = vec![
-            TimelineRange { tli: 1, begin: Lsn(0), end: Some(Lsn(5 * SEG + 0x100)) },
-            TimelineRange { tli: 2, begin: Lsn(5 * SEG + 0x100), end: None },
+            TimelineRange {
+                tli: 1,
+                begin: Lsn(0),
+                end: Some(Lsn(5 * SEG + 0x100)),
+            },
+            TimelineRange {
+                tli: 2,
+                begin: Lsn(5 * SEG + 0x100),
+                end: None,
+            },
         ];
         let w = walk(&idx, &path, Lsn(2 * SEG + 0x28), None);
         assert_eq!(w.segments.first(), Some(&(2, 1)));
-        assert!(w.segments.contains(&(5, 2)), "switch segment read from the new timeline");
+        assert!(
+            w.segments.contains(&(5, 2)),
+            "switch segment read from the new timeline"
+        );
         assert_eq!(w.contiguous_end, Some((6, 2)));
         assert_eq!(w.gaps.len(), 1);
         assert_eq!(w.gaps[0].first.to_string(), "000000020000000000000007");
         let w = walk(&idx, &path, Lsn(2 * SEG), Some(6));
         assert!(w.gaps.is_empty());
+        let w = walk(&idx, &path, Lsn(9 * SEG), None);
+        assert!(w.gaps.is_empty() && w.segments.is_empty() && w.contiguous_end.is_none());
     }
 }

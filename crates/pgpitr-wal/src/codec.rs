@@ -72,10 +72,7 @@ impl Encoder {
         let counted = CountingWriter::new(out);
         let mut hashing = HashingReader::new(input);
         let counted = if self.encrypted() {
-            let recips = self
-                .recipients
-                .iter()
-                .map(|r| r as &dyn age::Recipient);
+            let recips = self.recipients.iter().map(|r| r as &dyn age::Recipient);
             let enc = age::Encryptor::with_recipients(recips)
                 .map_err(|e| WalError::Crypto(e.to_string()))?;
             let mut w = enc
@@ -116,7 +113,7 @@ impl Encoder {
 
 /// Reads objects: knows the age identities (if any) to decrypt with.
 pub struct Decoder {
-    identities: Vec<Box<dyn age::Identity>>,
+    identities: Vec<age::x25519::Identity>,
 }
 
 impl Decoder {
@@ -135,26 +132,46 @@ impl Decoder {
         Self::from_identity_file(path)
     }
 
+    /// Reads X25519 identities (`AGE-SECRET-KEY-1...` lines, as `age-keygen` writes them).
+    /// Errors name the file and line, never the content.
     pub fn from_identity_file(path: &Path) -> Result<Decoder> {
-        let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
-            .map_err(|e| {
-                WalError::Crypto(format!(
-                    "cannot read age identity file {}: {}",
-                    path.display(),
-                    e.kind()
-                ))
-            })?;
-        let identities = file.into_identities().map_err(|_| {
+        let text = std::fs::read_to_string(path).map_err(|e| {
             WalError::Crypto(format!(
-                "age identity file {} holds no usable identity",
+                "cannot read age identity file {}: {e}",
                 path.display()
             ))
         })?;
+        let mut identities = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = age::x25519::Identity::from_str(line).map_err(|_| {
+                WalError::Crypto(format!(
+                    "age identity file {} line {}: not an X25519 identity (AGE-SECRET-KEY-1...)",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+            identities.push(id);
+        }
+        if identities.is_empty() {
+            return Err(WalError::Crypto(format!(
+                "age identity file {} holds no identity",
+                path.display()
+            )));
+        }
         Ok(Decoder { identities })
     }
 
     /// Decodes an object whose name ends in `suffix` into `out`; returns (sha256, bytes).
-    pub fn decode<R: Read, W: Write>(&self, suffix: &str, input: R, out: W) -> Result<(String, u64)> {
+    pub fn decode<R: Read, W: Write>(
+        &self,
+        suffix: &str,
+        input: R,
+        out: W,
+    ) -> Result<(String, u64)> {
         let encrypted = suffix.ends_with(".age");
         let compressed = suffix.starts_with(".zst");
         let mut out = HashingWriter::new(out);
@@ -167,7 +184,7 @@ impl Decoder {
             }
             let d = age::Decryptor::new(input).map_err(|e| WalError::Crypto(e.to_string()))?;
             let r = d
-                .decrypt(self.identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+                .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
                 .map_err(|e| WalError::Crypto(format!("cannot decrypt: {e}")))?;
             Box::new(r)
         } else {
@@ -281,7 +298,9 @@ mod tests {
     use age::secrecy::ExposeSecret;
 
     fn roundtrip(compression: Compression, enc: Option<&EncryptionConfig>, dec: &Decoder) {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let e = Encoder::new(compression, 3, enc).unwrap();
         let mut obj = Vec::new();
         let m = e.encode(&data[..], &mut obj).unwrap();

@@ -30,7 +30,9 @@ impl SegmentHeader {
         let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
         let info = u16_at(2);
         if info & XLP_LONG_HEADER == 0 {
-            return Err("first page lacks the long header flag: not the start of a WAL segment".into());
+            return Err(
+                "first page lacks the long header flag: not the start of a WAL segment".into(),
+            );
         }
         let h = SegmentHeader {
             magic: u16_at(0),
@@ -41,7 +43,10 @@ impl SegmentHeader {
             block_size: u32_at(36),
         };
         if !h.seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&h.seg_size) {
-            return Err(format!("declares an impossible segment size {}", h.seg_size));
+            return Err(format!(
+                "declares an impossible segment size {}",
+                h.seg_size
+            ));
         }
         Ok(h)
     }

@@ -62,7 +62,10 @@ fn parse_object_name(file: &str) -> Option<(WalName, String, &'static str)> {
         return None;
     }
     let (sha, ext) = rest.split_at(64);
-    if !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !sha
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     let suffix = SUFFIXES.iter().find(|s| **s == ext)?;
@@ -191,7 +194,8 @@ impl Store {
         match fs::read_dir(&wal) {
             Ok(rd) => {
                 for ent in rd {
-                    let ent = ent.map_err(|e| WalError::io(format!("list {}", wal.display()), e))?;
+                    let ent =
+                        ent.map_err(|e| WalError::io(format!("list {}", wal.display()), e))?;
                     dirs.push(ent.path());
                 }
             }
@@ -245,7 +249,10 @@ impl Store {
         let dir = self.shard_dir(name);
         create_dir_all_durable(&dir)?;
         let mut tmp = TempFile::new_in(&dir, &name.to_string(), 0o640)?;
-        let encoded = encoder.encode(std::io::BufReader::with_capacity(1 << 20, &mut file), tmp.file())?;
+        let encoded = encoder.encode(
+            std::io::BufReader::with_capacity(1 << 20, &mut file),
+            tmp.file(),
+        )?;
         let dest = dir.join(format!("{name}-{}{}", encoded.sha256, encoder.suffix()));
         // Serialise the "is there one already?" check with the publish, so two concurrent
         // pushes of different bytes cannot both land.
@@ -273,7 +280,12 @@ impl Store {
         }
     }
 
-    fn compare_existing(&self, file: &mut File, name: &WalName, existing: Object) -> Result<Pushed> {
+    fn compare_existing(
+        &self,
+        file: &mut File,
+        name: &WalName,
+        existing: Object,
+    ) -> Result<Pushed> {
         file.seek(SeekFrom::Start(0))
             .map_err(|e| WalError::io("seek", e))?;
         let (sha, _) = sha256_reader(std::io::BufReader::with_capacity(1 << 20, file))
@@ -306,7 +318,9 @@ impl Store {
                 h.seg_size
             )));
         }
-        let segno = name.segno(size).expect("segment names carry a segment number");
+        let segno = name
+            .segno(size)
+            .expect("segment names carry a segment number");
         if h.page_addr != segno * size {
             return Err(WalError::Invalid(format!(
                 "{name} starts at WAL position {:#x}, but its name says {:#x}: the file was renamed or damaged, not archived",
@@ -345,18 +359,21 @@ impl Store {
     }
 
     /// Decodes an object into `out`, checking the original's checksum.
-    pub fn decode_object<W: std::io::Write>(&self, obj: &Object, decoder: &Decoder, out: W) -> Result<u64> {
+    pub fn decode_object<W: std::io::Write>(
+        &self,
+        obj: &Object,
+        decoder: &Decoder,
+        out: W,
+    ) -> Result<u64> {
         let f = File::open(&obj.path)
             .map_err(|e| WalError::io(format!("open {}", obj.path.display()), e))?;
-        let (sha, n) = decoder
-            .decode(obj.suffix, f, out)
-            .map_err(|e| match e {
-                WalError::Io { what, source } => WalError::Io {
-                    what: format!("{what} {} (object damaged?)", obj.name),
-                    source,
-                },
-                other => other,
-            })?;
+        let (sha, n) = decoder.decode(obj.suffix, f, out).map_err(|e| match e {
+            WalError::Io { what, source } => WalError::Io {
+                what: format!("{what} {} (object damaged?)", obj.name),
+                source,
+            },
+            other => other,
+        })?;
         if sha != obj.sha256 {
             return Err(WalError::Corrupt {
                 name: obj.name.to_string(),
@@ -411,7 +428,10 @@ mod tests {
         let name = WalName::segment(1, 5, SEG);
         let src = d.path().join("seg");
         fs::write(&src, segment(42, 5, 7)).unwrap();
-        assert!(matches!(s.push(&src, &name, &e, Some(15)).unwrap(), Pushed::Stored(_)));
+        assert!(matches!(
+            s.push(&src, &name, &e, Some(15)).unwrap(),
+            Pushed::Stored(_)
+        ));
         let obj = s.find(&name).unwrap().unwrap();
         let before = fs::metadata(&obj.path).unwrap().modified().unwrap();
         assert!(matches!(
@@ -423,13 +443,18 @@ mod tests {
         assert!(err.contains(&obj.sha256), "{err}");
         let after = s.find(&name).unwrap().unwrap();
         assert_eq!(after.sha256, obj.sha256);
-        assert_eq!(fs::metadata(&after.path).unwrap().modified().unwrap(), before);
+        assert_eq!(
+            fs::metadata(&after.path).unwrap().modified().unwrap(),
+            before
+        );
         assert_eq!(s.meta().unwrap().unwrap().system_identifier, 42);
 
         let out = d.path().join("back");
         assert!(s.fetch(&name, &Decoder::plain(), &out).unwrap());
         assert_eq!(fs::read(&out).unwrap(), segment(42, 5, 7));
-        assert!(!s.fetch(&WalName::segment(1, 6, SEG), &Decoder::plain(), &out).unwrap());
+        assert!(!s
+            .fetch(&WalName::segment(1, 6, SEG), &Decoder::plain(), &out)
+            .unwrap());
     }
 
     #[test]
@@ -437,17 +462,24 @@ mod tests {
         let (d, s, e) = setup();
         let src = d.path().join("seg");
         fs::write(&src, segment(42, 5, 7)).unwrap();
-        s.push(&src, &WalName::segment(1, 5, SEG), &e, None).unwrap();
+        s.push(&src, &WalName::segment(1, 5, SEG), &e, None)
+            .unwrap();
         fs::write(&src, segment(43, 6, 7)).unwrap();
-        let err = s.push(&src, &WalName::segment(1, 6, SEG), &e, None).unwrap_err();
+        let err = s
+            .push(&src, &WalName::segment(1, 6, SEG), &e, None)
+            .unwrap_err();
         assert!(matches!(err, WalError::ForeignCluster { .. }), "{err}");
         let mut short = segment(42, 7, 7);
         short.truncate(4096);
         fs::write(&src, short).unwrap();
-        let err = s.push(&src, &WalName::segment(1, 7, SEG), &e, None).unwrap_err();
+        let err = s
+            .push(&src, &WalName::segment(1, 7, SEG), &e, None)
+            .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         fs::write(&src, segment(42, 9, 7)).unwrap();
-        let err = s.push(&src, &WalName::segment(1, 8, SEG), &e, None).unwrap_err();
+        let err = s
+            .push(&src, &WalName::segment(1, 8, SEG), &e, None)
+            .unwrap_err();
         assert!(err.to_string().contains("renamed"), "{err}");
         assert_eq!(s.list().unwrap().len(), 1);
     }
@@ -464,7 +496,9 @@ mod tests {
         let mut other = Vec::new();
         e.encode(&b"1\t0/4000000\tother\n"[..], &mut other).unwrap();
         fs::write(&obj.path, other).unwrap();
-        let err = s.fetch(&name, &Decoder::plain(), &d.path().join("o")).unwrap_err();
+        let err = s
+            .fetch(&name, &Decoder::plain(), &d.path().join("o"))
+            .unwrap_err();
         assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
         assert!(!d.path().join("o").exists());
     }
@@ -472,7 +506,8 @@ mod tests {
     #[test]
     fn object_names() {
         let sha = "a".repeat(64);
-        let (n, s, suf) = parse_object_name(&format!("000000010000000000000001-{sha}.zst.age")).unwrap();
+        let (n, s, suf) =
+            parse_object_name(&format!("000000010000000000000001-{sha}.zst.age")).unwrap();
         assert_eq!(n.to_string(), "000000010000000000000001");
         assert_eq!(s, sha);
         assert_eq!(suf, ".zst.age");

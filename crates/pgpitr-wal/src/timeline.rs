@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn path_through_two_switches() {
         let mut t = Timelines::default();
-        let h = parse_history("# comment\n1\t0/3000000\tno recovery target specified\n\n2\t0/50000A8\tbefore 2026\n").unwrap();
+        let h = parse_history(
+            "# comment\n1\t0/3000000\tno recovery target specified\n\n2\t0/50000A8\tbefore 2026\n",
+        )
+        .unwrap();
         t.histories.insert(3, h);
         assert!(parse_history("x").is_err());
         let p = t.path_to(3).unwrap();

@@ -1,3 +1,174 @@
-fn main() {
-    println!("Hello, world!");
+//! `pgpitr`: the operator's command line (status, restore, demo).
+
+use clap::{Parser, Subcommand};
+use pgpitr_cli::{run_main, ConfigArgs};
+use pgpitr_pg::Bins;
+use pgpitr_restore::{execute, parse_target, plan, ExecuteOptions, Inventory, PlanRequest};
+use pgpitr_wal::codec::Decoder;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Point-in-time recovery for self-hosted PostgreSQL.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Backups, archived WAL and the restorable window.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a cluster to a point in time into an empty folder and start it there.
+    Restore {
+        /// RFC 3339 time, "N minutes ago", xid:N, name:LABEL, lsn:X/Y, immediate or latest.
+        #[arg(long)]
+        to: String,
+        /// Empty or new folder for the restored data.
+        #[arg(long)]
+        into: PathBuf,
+        /// Port for the restored server (its socket goes to postgres.socket_dir).
+        #[arg(long)]
+        port: u16,
+        /// Use this backup instead of the newest one that reaches the target.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Follow this timeline instead of the latest.
+        #[arg(long)]
+        timeline: Option<u32>,
+        /// Let the restored server archive into the instance's archive (it becomes the new primary).
+        #[arg(long)]
+        archive: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a DELETE without WHERE being undone on a throw-away cluster.
+    Demo {
+        /// Keep the temporary folder.
+        #[arg(long)]
+        keep: bool,
+        /// Rows to write before the accident.
+        #[arg(long, default_value_t = 12)]
+        rows: usize,
+    },
+}
+
+fn tools_dir(configured: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = configured {
+        return Ok(d.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    run_main("pgpitr", || match &cli.command {
+        Cmd::Demo { keep, rows } => {
+            let out = pgpitr_demo::run_demo(&pgpitr_demo::DemoOptions {
+                keep: *keep,
+                tools_dir: tools_dir(None)?,
+                rows: *rows,
+            })?;
+            println!(
+                "demo passed: {} rows written, {} left after the DELETE, {} restored",
+                out.rows_written, out.rows_after_delete, out.rows_restored
+            );
+            Ok(())
+        }
+        Cmd::Status { json } => {
+            let cfg = cli.config.load()?;
+            let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+            let inv = Inventory::load(&cfg, &decoder)?;
+            let bins = Bins::discover(cfg.postgres.bin_dir.as_deref()).ok();
+            let st = inv.status(bins.as_ref(), &decoder)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{st}");
+            }
+            Ok(())
+        }
+        Cmd::Restore {
+            to,
+            into,
+            port,
+            backup,
+            timeline,
+            archive,
+            dry_run,
+            json,
+        } => {
+            let t0 = Instant::now();
+            let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+            let cfg = cli.config.load()?;
+            pgpitr_restore::execute::check_target_dir(into)?;
+            let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
+            let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+            let inv = Inventory::load(&cfg, &decoder)?;
+            let p = plan(
+                &inv,
+                &bins,
+                &decoder,
+                &PlanRequest {
+                    target,
+                    backup: backup.clone(),
+                    timeline: *timeline,
+                },
+            )?;
+            let plan_secs = t0.elapsed().as_secs_f64();
+            if *dry_run {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&p)?);
+                } else {
+                    print!("{p}");
+                    println!("dry run: nothing was changed");
+                }
+                return Ok(());
+            }
+            if !*json {
+                eprint!("{p}");
+            }
+            let opts = ExecuteOptions {
+                into: std::path::absolute(into)?,
+                port: *port,
+                config_path: cli.config.path()?,
+                tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                archive: *archive,
+                progress: !*json && std::io::stderr().is_terminal(),
+            };
+            let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| {
+                if !*json {
+                    eprintln!("pgpitr: {s}")
+                }
+            })?;
+            report.steps.insert(
+                0,
+                pgpitr_restore::execute::Step {
+                    step: "plan and check WAL chain".into(),
+                    seconds: plan_secs,
+                },
+            );
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    })
 }

@@ -1,0 +1,73 @@
+//! What every pgpitr binary does at its edge: log to stderr through `tracing`, find the
+//! instance config from `--config`/`--instance`, and turn an error into one line on stderr
+//! and a non-zero exit code.
+
+use clap::Args;
+use pgpitr_config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `--config PATH` or `--instance NAME`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Instance config file (TOML or JSON).
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// Instance name: reads $PGPITR_CONFIG_DIR (default /etc/pgpitr)/NAME.toml or .json.
+    #[arg(long, value_name = "NAME", conflicts_with = "config", global = true)]
+    pub instance: Option<String>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::from_args(
+            self.config.as_deref(),
+            self.instance.as_deref(),
+        )?)
+    }
+
+    /// Absolute path of the config file in use (for restore_command / archive_command).
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        let p = match (&self.config, &self.instance) {
+            (Some(p), _) => p.clone(),
+            (None, Some(n)) => Config::instance_path(n)?,
+            (None, None) => Config::instance_path("main")?,
+        };
+        Ok(std::fs::canonicalize(&p).unwrap_or(p))
+    }
+}
+
+/// Logs go to stderr (the journal collects it); `PGPITR_LOG` or `RUST_LOG` set the level.
+pub fn init_logging() {
+    let filter = std::env::var("PGPITR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints `tool: error: cause: cause` on one line and returns exit code `code`.
+pub fn fail(tool: &str, err: &anyhow::Error, code: u8) -> ExitCode {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    eprintln!("{tool}: error: {}", msg.replace('\n', " "));
+    ExitCode::from(code)
+}
+
+/// Runs `f`, mapping an error to exit code 1 with one line on stderr.
+pub fn run_main(tool: &str, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
+    init_logging();
+    match f() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(tool, &e, 1),
+    }
+}

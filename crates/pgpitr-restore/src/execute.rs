@@ -1,0 +1,380 @@
+//! Carrying out a plan: extract the backup into an empty folder, configure recovery with
+//! restore-wal, start PostgreSQL, follow replay, let it promote at the target, report.
+
+use crate::plan::Plan;
+use crate::target::conf_quote;
+use crate::{io_err, RestoreError, Result};
+use chrono::{DateTime, Utc};
+use pgpitr_config::Config;
+use pgpitr_pg::{Account, Bins, Endpoint, PgCtl};
+use pgpitr_wal::codec::Decoder;
+use pgpitr_wal::Lsn;
+use serde::Serialize;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub struct ExecuteOptions {
+    /// Empty (or missing) folder to restore into.
+    pub into: PathBuf,
+    pub port: u16,
+    /// Config file restore_command and archive_command point at.
+    pub config_path: PathBuf,
+    /// Folder holding `restore-wal` and `archive-wal`.
+    pub tools_dir: PathBuf,
+    /// Keep archiving from the restored server into the instance's archive (on its new
+    /// timeline). Off by default so a drill or an inspection copy never writes there.
+    pub archive: bool,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub step: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    pub backup_id: String,
+    pub target: String,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub stopped_at_lsn: Option<Lsn>,
+    pub stopped_at_time: Option<DateTime<Utc>>,
+    /// PostgreSQL's own words: "recovery stopping before commit of transaction ...".
+    pub stop_reason: Option<String>,
+    pub timeline: u32,
+    pub steps: Vec<Step>,
+    pub log_file: PathBuf,
+    pub stop_command: String,
+}
+
+impl std::fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "restored backup {} to {}", self.backup_id, self.target)?;
+        if let Some(r) = &self.stop_reason {
+            writeln!(f, "  PostgreSQL: {r}")?;
+        }
+        writeln!(
+            f,
+            "  replay stopped at lsn {}{}",
+            self.stopped_at_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into()),
+            self.stopped_at_time
+                .map(|t| format!(
+                    ", last transaction at {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                ))
+                .unwrap_or_default()
+        )?;
+        writeln!(f, "  new timeline {}", self.timeline)?;
+        for s in &self.steps {
+            writeln!(f, "  {:<28} {:>8.2} s", s.step, s.seconds)?;
+        }
+        writeln!(
+            f,
+            "the restored server is running: {} port {} (psql -h {} -p {})",
+            self.data_dir.display(),
+            self.port,
+            self.socket_dir.display(),
+            self.port
+        )?;
+        writeln!(f, "  log: {}", self.log_file.display())?;
+        write!(f, "  stop it with: {}", self.stop_command)
+    }
+}
+
+/// Refuses a folder that exists and is not empty; says what to do.
+pub fn check_target_dir(into: &Path) -> Result<()> {
+    match fs::read_dir(into) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(RestoreError::Refused(format!(
+                    "{} is not empty: restore into an empty or new folder (nothing was changed)",
+                    into.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("read {}", into.display()))(e)),
+    }
+}
+
+struct Timer {
+    steps: Vec<Step>,
+    at: Instant,
+}
+
+impl Timer {
+    fn lap(&mut self, step: &str) {
+        self.steps.push(Step {
+            step: step.into(),
+            seconds: self.at.elapsed().as_secs_f64(),
+        });
+        self.at = Instant::now();
+    }
+}
+
+/// Executes `plan`. On success the restored server is left running.
+pub fn execute(
+    cfg: &Config,
+    bins: &Bins,
+    decoder: &Decoder,
+    plan: &Plan,
+    opts: &ExecuteOptions,
+    say: &mut dyn FnMut(&str),
+) -> Result<RestoreReport> {
+    check_target_dir(&opts.into)?;
+    let socket = cfg
+        .postgres
+        .socket_dir
+        .join(format!(".s.PGSQL.{}", opts.port));
+    if socket.exists() {
+        return Err(RestoreError::Refused(format!(
+            "port {} is in use ({} exists): choose another --port",
+            opts.port,
+            socket.display()
+        )));
+    }
+    let restore_wal = opts.tools_dir.join("restore-wal");
+    if !restore_wal.is_file() {
+        return Err(RestoreError::Refused(format!(
+            "{} not found: set pgpitr.bin_dir in the config to the folder holding restore-wal",
+            restore_wal.display()
+        )));
+    }
+    let account = Account::for_server(&cfg.postgres.os_user)?;
+    let mut timer = Timer {
+        steps: Vec::new(),
+        at: Instant::now(),
+    };
+
+    say(&format!(
+        "extracting backup {} into {}",
+        plan.backup.id,
+        opts.into.display()
+    ));
+    fs::create_dir_all(&opts.into).map_err(io_err(format!("create {}", opts.into.display())))?;
+    fs::set_permissions(&opts.into, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", opts.into.display())))?;
+    pgpitr_backup::extract(&plan.backup, &cfg.backup.dir, decoder, &opts.into)?;
+    timer.lap("extract backup");
+
+    write_recovery_config(cfg, plan, opts)?;
+    if let Some(a) = &account {
+        a.chown_tree(&opts.into)?;
+    }
+    timer.lap("configure recovery");
+
+    let log_file = opts.into.join("pgpitr-restore.log");
+    let ctl = PgCtl {
+        bins,
+        account: account.as_ref(),
+        data_dir: &opts.into,
+    };
+    say(&format!(
+        "starting PostgreSQL on port {} to replay WAL",
+        opts.port
+    ));
+    ctl.start(&log_file, "", false)?;
+    let ep = Endpoint {
+        socket_dir: cfg.postgres.socket_dir.clone(),
+        port: opts.port,
+        user: cfg.postgres.user.clone(),
+    };
+    let (lsn, xact_time) = follow_replay(&ctl, &ep, plan, &log_file, opts.progress)?;
+    timer.lap("replay and promote");
+
+    let mut client = ep.wait_connect("postgres", Duration::from_secs(30))?;
+    let tli_hex: String = client
+        .query_one(
+            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .map_err(pgpitr_pg::PgError::from)?
+        .get(0);
+    let timeline = u32::from_str_radix(&tli_hex, 16).unwrap_or(0);
+    let log = fs::read_to_string(&log_file).unwrap_or_default();
+    let stop_reason = log.lines().find_map(|l| {
+        l.find("recovery stopping")
+            .map(|i| l[i..].trim().to_string())
+    });
+    Ok(RestoreReport {
+        backup_id: plan.backup.id.clone(),
+        target: plan.target.to_string(),
+        data_dir: opts.into.clone(),
+        port: opts.port,
+        socket_dir: cfg.postgres.socket_dir.clone(),
+        stopped_at_lsn: lsn,
+        stopped_at_time: xact_time,
+        stop_reason,
+        timeline,
+        steps: timer.steps,
+        log_file,
+        stop_command: ctl.stop_hint(),
+    })
+}
+
+fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Result<()> {
+    let into = &opts.into;
+    let quote_path = |p: &Path| format!("\"{}\"", p.display().to_string().replace('"', "\\\""));
+    let restore_cmd = format!(
+        "{} --config {} %f %p",
+        quote_path(&opts.tools_dir.join("restore-wal")),
+        quote_path(&opts.config_path)
+    );
+    let mut lines = vec![
+        format!(
+            "# added by pgpitr restore at {}: backup {}, {}",
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            plan.backup.id,
+            plan.target
+        ),
+        format!("restore_command = {}", conf_quote(&restore_cmd)),
+        format!("recovery_target_timeline = '{}'", plan.timeline),
+        "recovery_target_action = 'promote'".into(),
+        format!("port = {}", opts.port),
+        format!(
+            "unix_socket_directories = {}",
+            conf_quote(&cfg.postgres.socket_dir.display().to_string())
+        ),
+    ];
+    for (k, v) in plan.target.recovery_settings() {
+        lines.push(format!("{k} = {v}"));
+    }
+    if opts.archive {
+        let archive_cmd = format!(
+            "{} --config {} %p %f",
+            quote_path(&opts.tools_dir.join("archive-wal")),
+            quote_path(&opts.config_path)
+        );
+        lines.push("archive_mode = on".into());
+        lines.push(format!("archive_command = {}", conf_quote(&archive_cmd)));
+    } else {
+        lines.push("# archiving stays off: this copy must not write into the instance's archive (use --archive to make it the new primary)".into());
+        lines.push("archive_mode = off".into());
+    }
+    let auto = into.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&auto)
+        .map_err(io_err(format!("open {}", auto.display())))?;
+    writeln!(f, "\n{}", lines.join("\n")).map_err(io_err(format!("write {}", auto.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("fsync {}", auto.display())))?;
+    // Debian-style clusters keep their configuration outside the data folder.
+    let conf = into.join("postgresql.conf");
+    if !conf.exists() {
+        fs::write(
+            &conf,
+            "# written by pgpitr restore: the backup had no postgresql.conf\n",
+        )
+        .map_err(io_err(format!("write {}", conf.display())))?;
+    }
+    let hba = into.join("pg_hba.conf");
+    if !hba.exists() {
+        fs::write(
+            &hba,
+            "# written by pgpitr restore: the backup had no pg_hba.conf\nlocal all all peer\n",
+        )
+        .map_err(io_err(format!("write {}", hba.display())))?;
+    }
+    for f in ["recovery.signal", "standby.signal"] {
+        let _ = fs::remove_file(into.join(f));
+    }
+    fs::write(into.join("recovery.signal"), "").map_err(io_err("write recovery.signal"))?;
+    Ok(())
+}
+
+/// Polls the server until it has promoted; shows progress; reports a failed recovery with
+/// PostgreSQL's own FATAL lines.
+fn follow_replay(
+    ctl: &PgCtl<'_>,
+    ep: &Endpoint,
+    plan: &Plan,
+    log_file: &Path,
+    progress: bool,
+) -> Result<(Option<Lsn>, Option<DateTime<Utc>>)> {
+    let start = plan.backup.start_lsn.0;
+    let end = plan
+        .window_end_lsn
+        .map(|l| l.0)
+        .unwrap_or(plan.backup.stop_lsn.0)
+        .max(start + 1);
+    let began = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        if !ctl.is_running() {
+            if progress {
+                eprintln!();
+            }
+            let log = fs::read_to_string(log_file).unwrap_or_default();
+            let fatal: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("FATAL") || l.contains("PANIC") || l.contains("restore-wal: error")
+                })
+                .collect();
+            return Err(RestoreError::Recovery(format!(
+                "PostgreSQL stopped during recovery: {}. The restored folder {} is left for inspection (log {}); remove it before retrying",
+                if fatal.is_empty() { "see the log".to_string() } else { fatal.join(" | ") },
+                ctl.data_dir.display(),
+                log_file.display()
+            )));
+        }
+        let Ok(mut c) = ep.connect("postgres") else {
+            if progress {
+                let l = format!(
+                    "\r  replaying WAL up to a consistent state ... {:.0} s",
+                    began.elapsed().as_secs_f64()
+                );
+                eprint!("{l}");
+            }
+            continue;
+        };
+        let row = match c.query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()",
+            &[],
+        ) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let in_recovery: bool = row.get(0);
+        let lsn: Option<String> = row.get(1);
+        let lsn: Option<Lsn> = lsn.and_then(|s| s.parse().ok());
+        let t: Option<std::time::SystemTime> = row.get(2);
+        let t = t.map(DateTime::<Utc>::from);
+        if progress {
+            let pct = lsn
+                .map(|l| {
+                    ((l.0.saturating_sub(start)) as f64 / (end - start) as f64 * 100.0).min(100.0)
+                })
+                .unwrap_or(0.0);
+            let line = format!(
+                "\r  replayed to {} ({pct:.0}%){}   ",
+                lsn.map(|l| l.to_string()).unwrap_or_default(),
+                t.map(|t| format!(", transactions up to {}", t.format("%Y-%m-%d %H:%M:%S")))
+                    .unwrap_or_default()
+            );
+            if line != last_line {
+                eprint!("{line}");
+                last_line = line;
+            }
+        }
+        if !in_recovery {
+            if progress {
+                eprintln!();
+            }
+            return Ok((lsn, t));
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Planning a restore: which backup, which timeline, which WAL, and whether the target can
+//! be reached. Nothing here touches the disk outside temporary folders.
+
+use crate::inventory::{fmt_time, segment_name, Inventory};
+use crate::target::Target;
+use crate::{RestoreError, Result};
+use chrono::{DateTime, Utc};
+use pgpitr_backup::BackupInfo;
+use pgpitr_pg::Bins;
+use pgpitr_wal::codec::Decoder;
+use pgpitr_wal::Lsn;
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub target: Target,
+    /// `--backup ID`: use this backup instead of choosing.
+    pub backup: Option<String>,
+    /// `--timeline N`: follow this timeline instead of the latest.
+    pub timeline: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub backup: BackupInfo,
+    pub target: Target,
+    pub timeline: u32,
+    /// Archived segments replay will read after the backup's own WAL.
+    pub first_segment: Option<String>,
+    pub last_segment: Option<String>,
+    pub segments: usize,
+    /// The window reachable from the chosen backup along the timeline.
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub window_end_lsn: Option<Lsn>,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "target:   {}", self.target)?;
+        writeln!(
+            f,
+            "backup:   {} (timeline {}, ended {} at {})",
+            self.backup.id,
+            self.backup.timeline,
+            fmt_time(self.backup.stop_time),
+            self.backup.stop_lsn
+        )?;
+        writeln!(f, "timeline: {}", self.timeline)?;
+        match (&self.first_segment, &self.last_segment) {
+            (Some(a), Some(b)) => writeln!(
+                f,
+                "WAL:      {} segments, {a} .. {b}, all present",
+                self.segments
+            )?,
+            _ => writeln!(f, "WAL:      only the WAL inside the backup")?,
+        }
+        writeln!(
+            f,
+            "window:   {} to {}",
+            fmt_time(self.window_start),
+            fmt_time(self.window_end)
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "warning:  {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Chooses and checks everything a restore needs; `Refused` explains what is possible.
+pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) -> Result<Plan> {
+    if inv.backups.is_empty() {
+        return Err(RestoreError::Refused(
+            "there is no complete base backup to restore from: take one with `basebackup --config ...`".into(),
+        ));
+    }
+    let forced = match &req.backup {
+        Some(id) => Some(inv.backups.iter().find(|b| &b.id == id).ok_or_else(|| {
+            RestoreError::Refused(format!(
+                "no complete backup with id {id}; backups: {}",
+                inv.backups
+                    .iter()
+                    .map(|b| b.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    let base_tli = forced
+        .map(|b| b.timeline)
+        .unwrap_or_else(|| inv.backups.iter().map(|b| b.timeline).min().unwrap_or(1));
+    let timeline = req
+        .timeline
+        .unwrap_or_else(|| inv.latest_timeline_from(base_tli));
+    let path = inv.path_to(timeline)?;
+    let candidates: Vec<&BackupInfo> = inv
+        .backups
+        .iter()
+        .filter(|b| Inventory::backup_on_path(b, &path))
+        .collect();
+    if candidates.is_empty() {
+        return Err(RestoreError::Refused(format!(
+            "no backup lies on the history of timeline {timeline}"
+        )));
+    }
+    let oldest = candidates[0];
+    let newest = *candidates.last().unwrap();
+    let window_text = |end: &str| {
+        format!(
+            "the restorable window on timeline {timeline} is {} to {end}",
+            fmt_time(oldest.stop_time)
+        )
+    };
+
+    let chosen: &BackupInfo = match forced {
+        Some(b) => {
+            if !candidates.iter().any(|c| c.id == b.id) {
+                return Err(RestoreError::Refused(format!(
+                    "backup {} is not on the history of timeline {timeline}",
+                    b.id
+                )));
+            }
+            b
+        }
+        None => match &req.target {
+            Target::Time(t) => candidates
+                .iter()
+                .rev()
+                .find(|b| b.stop_time <= *t)
+                .copied()
+                .ok_or_else(|| {
+                    RestoreError::Refused(format!(
+                        "target {} is before the end of the oldest backup ({}, ended {}): {}",
+                        fmt_time(*t),
+                        oldest.id,
+                        fmt_time(oldest.stop_time),
+                        window_text("the newest archived transaction")
+                    ))
+                })?,
+            Target::Lsn(l) => candidates
+                .iter()
+                .rev()
+                .find(|b| b.stop_lsn <= *l)
+                .copied()
+                .ok_or_else(|| {
+                    RestoreError::Refused(format!(
+                        "target lsn {l} is before the end of the oldest backup ({}, ended at {})",
+                        oldest.id, oldest.stop_lsn
+                    ))
+                })?,
+            Target::Xid(x) => candidates
+                .iter()
+                .rev()
+                .find(|b| b.next_xid != 0 && b.next_xid <= *x)
+                .copied()
+                .unwrap_or(oldest),
+            Target::Name(_) => oldest,
+            Target::Immediate | Target::Latest => newest,
+        },
+    };
+
+    // WAL after the backup's own (pg_basebackup -X fetch puts start..stop into the backup).
+    let seg = inv.seg_size;
+    let stop_seg = chosen.stop_lsn.segno(seg);
+    let walk = inv.walk_from_lsn(&path, Lsn((stop_seg + 1) * seg));
+    let end_segno = walk.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
+    let last = inv.last_xact_end(bins, decoder, &path, end_segno, chosen.start_lsn.segno(seg))?;
+    let window_end = last
+        .map(|x| x.time)
+        .unwrap_or(chosen.stop_time)
+        .max(chosen.stop_time);
+    let window_end_lsn = last.map(|x| x.lsn);
+    let gaps: Vec<String> = walk.gaps.iter().map(|g| g.to_string()).collect();
+    let gap_text = if gaps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; the WAL chain breaks after that: missing {}",
+            gaps.join(", ")
+        )
+    };
+    let window_start = if forced.is_some() {
+        chosen.stop_time
+    } else {
+        oldest.stop_time
+    };
+    let refuse_after = |what: String| {
+        RestoreError::Refused(format!(
+            "{what}: {}{gap_text}. {}",
+            window_text(&fmt_time(window_end)),
+            if gaps.is_empty() {
+                "If the source server is running, archive its current segment (SELECT pg_switch_wal()) and retry, or use --to latest"
+            } else {
+                "Restore to a point before the gap, or recover the missing segments into the archive"
+            }
+        ))
+    };
+    let mut warnings = Vec::new();
+    match &req.target {
+        Target::Time(t) => {
+            if *t < chosen.stop_time {
+                return Err(RestoreError::Refused(format!(
+                    "target {} is before the end of backup {} ({}): {}",
+                    fmt_time(*t),
+                    chosen.id,
+                    fmt_time(chosen.stop_time),
+                    window_text(&fmt_time(window_end))
+                )));
+            }
+            if *t >= window_end {
+                return Err(refuse_after(format!(
+                    "target {} is not before the newest archived transaction ({})",
+                    fmt_time(*t),
+                    fmt_time(window_end)
+                )));
+            }
+        }
+        Target::Lsn(l) => {
+            if *l < chosen.stop_lsn {
+                return Err(RestoreError::Refused(format!(
+                    "target lsn {l} is before the end of backup {} ({})",
+                    chosen.id, chosen.stop_lsn
+                )));
+            }
+            if window_end_lsn.map(|e| *l > e).unwrap_or(true) {
+                return Err(refuse_after(format!(
+                    "target lsn {l} is after the newest archived transaction ({})",
+                    window_end_lsn
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "none".into())
+                )));
+            }
+        }
+        Target::Latest => {
+            if !gaps.is_empty() {
+                return Err(refuse_after(
+                    "`latest` would stop at the first missing segment".into(),
+                ));
+            }
+        }
+        Target::Xid(_) | Target::Name(_) => {
+            if !gaps.is_empty() {
+                warnings.push(format!(
+                    "WAL is missing after {}: {}; the target must lie before the gap",
+                    fmt_time(window_end),
+                    gaps.join(", ")
+                ));
+            }
+        }
+        Target::Immediate => {}
+    }
+    let (first_segment, last_segment, segments) = match (walk.segments.first(), walk.contiguous_end)
+    {
+        (Some(f), Some(l)) if !matches!(req.target, Target::Immediate) => (
+            Some(segment_name(*f, seg).to_string()),
+            Some(segment_name(l, seg).to_string()),
+            (l.0 - f.0 + 1) as usize,
+        ),
+        _ => (None, None, 0),
+    };
+    Ok(Plan {
+        backup: chosen.clone(),
+        target: req.target.clone(),
+        timeline,
+        first_segment,
+        last_segment,
+        segments,
+        window_start,
+        window_end,
+        window_end_lsn,
+        warnings,
+    })
+}

@@ -1,0 +1,175 @@
+//! Restore targets as `--to` accepts them.
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use pgpitr_wal::Lsn;
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum Target {
+    Time(DateTime<Utc>),
+    Xid(u64),
+    Name(String),
+    Lsn(Lsn),
+    Immediate,
+    Latest,
+}
+
+const FORMS: &str = "use an RFC 3339 time (2026-11-22T15:46:59+01:00), a relative time (\"30 minutes ago\"), xid:N, name:LABEL, lsn:X/Y, immediate or latest";
+
+/// Parses `--to`; relative times are resolved against `now`.
+pub fn parse_target(s: &str, now: DateTime<Utc>) -> Result<Target, String> {
+    let t = s.trim();
+    let bad = |why: &str| format!("cannot parse target {s:?}: {why}; {FORMS}");
+    match t {
+        "immediate" => return Ok(Target::Immediate),
+        "latest" => return Ok(Target::Latest),
+        _ => {}
+    }
+    if let Some(x) = t.strip_prefix("xid:") {
+        return x
+            .trim()
+            .parse()
+            .map(Target::Xid)
+            .map_err(|_| bad("xid must be a number"));
+    }
+    if let Some(n) = t.strip_prefix("name:") {
+        if n.is_empty() {
+            return Err(bad("empty restore point name"));
+        }
+        return Ok(Target::Name(n.to_string()));
+    }
+    if let Some(l) = t.strip_prefix("lsn:") {
+        return l.parse().map(Target::Lsn).map_err(|e| bad(&e));
+    }
+    if let Some(rel) = t.strip_suffix(" ago") {
+        let mut it = rel.split_whitespace();
+        let (Some(n), Some(unit), None) = (it.next(), it.next(), it.next()) else {
+            return Err(bad("expected \"N unit ago\""));
+        };
+        let n: i64 = n
+            .parse()
+            .map_err(|_| bad("the amount must be a whole number"))?;
+        let unit = unit.trim_end_matches('s');
+        let d = match unit {
+            "second" | "sec" => Duration::seconds(n),
+            "minute" | "min" => Duration::minutes(n),
+            "hour" | "hr" => Duration::hours(n),
+            "day" => Duration::days(n),
+            "week" => Duration::weeks(n),
+            _ => return Err(bad("unit must be seconds, minutes, hours, days or weeks")),
+        };
+        return Ok(Target::Time(now - d));
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(Target::Time(dt.with_timezone(&Utc)));
+    }
+    // Same with a space instead of `T` (as psql prints), offset still required.
+    if let Ok(dt) = DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        return Ok(Target::Time(dt.with_timezone(&Utc)));
+    }
+    if NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").is_ok()
+        || NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").is_ok()
+    {
+        return Err(bad("a time needs its offset (add Z for UTC, or +01:00)"));
+    }
+    Err(bad("not a known form"))
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Time(t) => write!(
+                f,
+                "time {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            Target::Xid(x) => write!(f, "xid {x}"),
+            Target::Name(n) => write!(f, "restore point {n:?}"),
+            Target::Lsn(l) => write!(f, "lsn {l}"),
+            Target::Immediate => write!(f, "immediate (end of the base backup)"),
+            Target::Latest => write!(f, "latest (end of the archived WAL)"),
+        }
+    }
+}
+
+/// Quotes a value for postgresql.conf.
+pub fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+impl Target {
+    /// The recovery_target_* lines for postgresql.auto.conf.
+    pub fn recovery_settings(&self) -> Vec<(String, String)> {
+        let one = |k: &str, v: String| vec![(k.to_string(), v)];
+        match self {
+            Target::Time(t) => one(
+                "recovery_target_time",
+                conf_quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+            ),
+            Target::Xid(x) => one("recovery_target_xid", conf_quote(&x.to_string())),
+            Target::Name(n) => one("recovery_target_name", conf_quote(n)),
+            Target::Lsn(l) => one("recovery_target_lsn", conf_quote(&l.to_string())),
+            Target::Immediate => one("recovery_target", conf_quote("immediate")),
+            Target::Latest => vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn all_forms() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 15, 47, 0).unwrap();
+        assert_eq!(
+            parse_target("2026-11-22T16:46:59.5+01:00", now).unwrap(),
+            Target::Time(
+                Utc.with_ymd_and_hms(2026, 11, 22, 15, 46, 59).unwrap()
+                    + Duration::milliseconds(500)
+            )
+        );
+        assert_eq!(
+            parse_target("2 minutes ago", now).unwrap(),
+            Target::Time(Utc.with_ymd_and_hms(2026, 11, 22, 15, 45, 0).unwrap())
+        );
+        assert_eq!(
+            parse_target("1 day ago", now).unwrap(),
+            Target::Time(now - Duration::days(1))
+        );
+        assert_eq!(parse_target("xid:735", now).unwrap(), Target::Xid(735));
+        assert_eq!(
+            parse_target("name:before-migration", now).unwrap(),
+            Target::Name("before-migration".into())
+        );
+        assert_eq!(
+            parse_target("lsn:0/3000148", now).unwrap(),
+            Target::Lsn(Lsn(0x3000148))
+        );
+        assert_eq!(parse_target("immediate", now).unwrap(), Target::Immediate);
+        assert_eq!(parse_target("latest", now).unwrap(), Target::Latest);
+        for bad in [
+            "yesterday",
+            "xid:abc",
+            "lsn:12",
+            "2026-11-22 15:46:59",
+            "3 fortnights ago",
+            "",
+        ] {
+            let e = parse_target(bad, now).unwrap_err();
+            assert!(e.contains("RFC 3339"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn settings_are_quoted() {
+        let s = Target::Name("it's".into()).recovery_settings();
+        assert_eq!(s[0].1, "'it''s'");
+        let t =
+            Target::Time(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()).recovery_settings();
+        assert_eq!(t[0].1, "'2026-01-02 03:04:05.000000+00'");
+    }
+}
