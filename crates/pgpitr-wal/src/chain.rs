@@ -27,11 +27,18 @@ impl<'a> SegmentIndex<'a> {
         self.by_key.get(&(tli, segno)).copied()
     }
 
-    /// Highest segment number present on any of the given timelines.
-    pub fn max_segno_on(&self, tlis: &[u32]) -> Option<u64> {
+    /// Highest segment number present inside the stretch each timeline of `path` covers
+    /// (segments a timeline wrote after it was left behind belong to another history).
+    pub fn max_segno_on(&self, path: &[TimelineRange]) -> Option<u64> {
         self.by_key
             .keys()
-            .filter(|(t, _)| tlis.contains(t))
+            .filter(|(t, s)| {
+                path.iter().any(|r| {
+                    r.tli == *t
+                        && r.begin.segno(self.seg_size) <= *s
+                        && r.end.map(|e| *s <= e.segno(self.seg_size)).unwrap_or(true)
+                })
+            })
             .map(|(_, s)| *s)
             .max()
     }
@@ -90,10 +97,9 @@ pub fn walk(
     end_segno: Option<u64>,
 ) -> ChainWalk {
     let seg_size = index.seg_size;
-    let tlis: Vec<u32> = path.iter().map(|r| r.tli).collect();
     let first = start.segno(seg_size);
     let mut segments = Vec::new();
-    let Some(last) = end_segno.or_else(|| index.max_segno_on(&tlis)) else {
+    let Some(last) = end_segno.or_else(|| index.max_segno_on(path)) else {
         return ChainWalk {
             segments,
             contiguous_end: None,
@@ -181,7 +187,8 @@ mod tests {
     #[test]
     fn walks_across_timeline_switch_and_finds_gaps() {
         // timeline 1: segments 2..=5, switch to 2 inside segment 5; timeline 2: 5..=8, 7 missing
-        let objs: Vec<Object> = (2..=5)
+        // timeline 1 went on to segment 9 after timeline 2 branched off: not on the path
+        let objs: Vec<Object> = (2..=9)
             .map(|s| obj(1, s))
             .chain([5, 6, 8].into_iter().map(|s| obj(2, s)))
             .collect();

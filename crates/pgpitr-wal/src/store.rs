@@ -368,10 +368,16 @@ impl Store {
         let f = File::open(&obj.path)
             .map_err(|e| WalError::io(format!("open {}", obj.path.display()), e))?;
         let (sha, n) = decoder.decode(obj.suffix, f, out).map_err(|e| match e {
-            WalError::Io { what, source } => WalError::Io {
-                what: format!("{what} {} (object damaged?)", obj.name),
-                source,
-            },
+            WalError::Io { what, source } => WalError::Invalid(format!(
+                "archived object {} ({}) is damaged or unreadable: {what}: {source}",
+                obj.name,
+                obj.path.display()
+            )),
+            WalError::Crypto(m) => WalError::Invalid(format!(
+                "archived object {} ({}) cannot be decrypted: {m}",
+                obj.name,
+                obj.path.display()
+            )),
             other => other,
         })?;
         if sha != obj.sha256 {
