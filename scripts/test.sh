@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian/Ubuntu packages), then checks formatting and
+# lints and runs the whole test suite against the real components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+install_postgres
+# age and zstd: interoperability checks (objects readable with the stock CLIs).
+apt_install age zstd ca-certificates
+ensure_rust
+cargo fmt --all -- --check
+cargo build --workspace --bins
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo test --workspace
