@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 install_postgres
 # age and zstd: interoperability checks (objects readable with the stock CLIs).
 apt_install age zstd ca-certificates
+# node_exporter scrapes the textfile metrics for real; promtool (package prometheus) checks
+# the documented alert rules.
+apt_install prometheus-node-exporter prometheus
 ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins

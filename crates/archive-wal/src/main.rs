@@ -3,10 +3,12 @@
 use clap::Parser;
 use pgpitr_cli::{run_main, ConfigArgs};
 use pgpitr_wal::codec::Encoder;
+use pgpitr_wal::metrics::{record, Outcome};
 use pgpitr_wal::store::{Pushed, Store};
 use pgpitr_wal::WalName;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Archive one WAL file (PostgreSQL's %p and %f) into the instance's archive.
 #[derive(Parser)]
@@ -23,20 +25,25 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     run_main("archive-wal", || {
+        let started = Instant::now();
         let cfg = cli.config.load()?;
         let name = WalName::parse(&cli.name).ok_or_else(|| {
             anyhow::anyhow!("{:?} is not a WAL file name PostgreSQL archives", cli.name)
         })?;
-        let encoder = Encoder::new(
-            cfg.archive.compression,
-            cfg.archive.level,
-            cfg.encryption.as_ref(),
-        )?;
-        // archive_command runs in the data folder: PG_VERSION there names the major version.
-        let pg_version = std::fs::read_to_string("PG_VERSION")
-            .ok()
-            .and_then(|v| v.trim().parse().ok());
-        match Store::new(&cfg.archive.dir).push(&cli.path, &name, &encoder, pg_version)? {
+        let store = Store::new(&cfg.archive.dir);
+        let result = push(&cfg, &store, &cli.path, &name);
+        if let Some(m) = &cfg.metrics {
+            let outcome = match &result {
+                Ok(p) => Outcome::Pushed(p),
+                Err(_) => Outcome::Failed,
+            };
+            let secs = started.elapsed().as_secs_f64();
+            // Metrics must never turn a durable archive into a failure for PostgreSQL.
+            if let Err(e) = record(&m.textfile_dir, &cfg.instance, &store, &name, outcome, secs) {
+                tracing::warn!("{e}");
+            }
+        }
+        match result? {
             Pushed::Stored(e) => tracing::info!(
                 "archived {name}: {} -> {} bytes, sha256 {}",
                 e.raw_bytes,
@@ -49,4 +56,22 @@ fn main() -> ExitCode {
         }
         Ok(())
     })
+}
+
+fn push(
+    cfg: &pgpitr_config::Config,
+    store: &Store,
+    path: &std::path::Path,
+    name: &WalName,
+) -> anyhow::Result<Pushed> {
+    let encoder = Encoder::new(
+        cfg.archive.compression,
+        cfg.archive.level,
+        cfg.encryption.as_ref(),
+    )?;
+    // archive_command runs in the data folder: PG_VERSION there names the major version.
+    let pg_version = std::fs::read_to_string("PG_VERSION")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    Ok(store.push(path, name, &encoder, pg_version)?)
 }

@@ -5,6 +5,7 @@
 //! `backup_manifest`, and `backup.json`, written last: a folder without it is not a backup.
 
 mod manifest;
+pub mod metrics;
 
 use chrono::{DateTime, Utc};
 use pgpitr_config::Config;

@@ -71,3 +71,30 @@ pub fn run_main(tool: &str, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode 
         Err(e) => fail(tool, &e, 1),
     }
 }
+
+/// systemd notification (sd_notify): sends `msg` ("READY=1", "STATUS=...") to
+/// `$NOTIFY_SOCKET` when it is set, and does nothing when it is not. Errors are logged only:
+/// a job must not fail because its supervisor went away.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&path, msg) {
+        eprintln!("warning: sd_notify: {e}");
+    }
+}
+
+fn send_notify(path: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = path.as_bytes();
+    let sock = UnixDatagram::unbound()?;
+    let addr = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        SocketAddr::from_abstract_name(name)?
+    } else {
+        SocketAddr::from_pathname(std::path::Path::new(path))?
+    };
+    sock.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
+}

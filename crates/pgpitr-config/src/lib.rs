@@ -57,6 +57,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub pgpitr: ToolsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -138,6 +140,55 @@ pub struct ToolsConfig {
     /// restore_command. Defaults to the folder of the running executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<PathBuf>,
+}
+
+/// Thresholds of `healthcheck`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Unhealthy when completed WAL has waited longer than this for archiving.
+    #[serde(default = "default_archive_max_age")]
+    pub archive_max_age_seconds: u64,
+    /// Unhealthy when more segments than this wait in pg_wal/archive_status/*.ready.
+    #[serde(default = "default_ready_max")]
+    pub ready_segments_max: u64,
+    /// Unhealthy when the newest complete base backup is older than this.
+    #[serde(default = "default_backup_max_age")]
+    pub backup_max_age_seconds: u64,
+    /// Unhealthy when the archive or backup folder's file system has less free space (percent).
+    #[serde(default = "default_min_free_percent")]
+    pub min_free_percent: f64,
+    /// How long to wait for the server to answer.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            archive_max_age_seconds: default_archive_max_age(),
+            ready_segments_max: default_ready_max(),
+            backup_max_age_seconds: default_backup_max_age(),
+            min_free_percent: default_min_free_percent(),
+            connect_timeout_seconds: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_archive_max_age() -> u64 {
+    900
+}
+fn default_ready_max() -> u64 {
+    16
+}
+fn default_backup_max_age() -> u64 {
+    26 * 3600
+}
+fn default_min_free_percent() -> f64 {
+    10.0
+}
+fn default_connect_timeout() -> u64 {
+    5
 }
 
 fn default_data_dir() -> PathBuf {
@@ -278,6 +329,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !(0.0..100.0).contains(&self.health.min_free_percent) {
+            return Err(invalid(
+                "health.min_free_percent",
+                format!("{} is outside 0..100", self.health.min_free_percent),
+            ));
         }
         for (key, p) in [
             ("archive.dir", &self.archive.dir),

@@ -161,6 +161,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         pgpitr: ToolsConfig {
             bin_dir: Some(tools.clone()),
         },
+        health: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;
@@ -364,12 +365,18 @@ pub fn wait_archived(db: &mut pgpitr_pg::Client, segment: &str) -> Result<()> {
     loop {
         let row = db
             .query_one(
-                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
-                &[],
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), \
+                 EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = $1 || '.done') \
+                 FROM pg_stat_archiver",
+                &[&segment],
             )
             .map_err(pgpitr_pg::PgError::from)?;
         let done: String = row.get(0);
-        if done.as_str() >= segment && done.len() == segment.len() {
+        let status_done: bool = row.get(2);
+        // The archiver goes in order, so a later segment archived means this one was too;
+        // a `.backup` file named after this segment does not.
+        let later = done.len() >= 24 && &done[..24] > segment;
+        if status_done || done == segment || later {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {

@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const TOOLS: [&str; 4] = ["archive-wal", "restore-wal", "basebackup", "pgpitr"];
+pub const TOOLS: [&str; 5] = [
+    "archive-wal",
+    "restore-wal",
+    "basebackup",
+    "pgpitr",
+    "healthcheck",
+];
 
 /// Folder of the workspace binaries (next to the test executable's `deps/`).
 pub fn built_bins() -> PathBuf {
@@ -85,6 +91,8 @@ impl Run {
 pub struct ClusterOptions {
     pub encrypted: bool,
     pub level: i32,
+    /// Configure `[metrics]` with a `metrics/` folder.
+    pub metrics: bool,
 }
 
 impl Default for ClusterOptions {
@@ -92,6 +100,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             encrypted: false,
             level: 3,
+            metrics: false,
         }
     }
 }
@@ -121,7 +130,7 @@ impl Cluster {
             .unwrap();
         let root = tmp.path().to_path_buf();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        for d in ["archive", "backups", "sock", "bin"] {
+        for d in ["archive", "backups", "sock", "bin", "metrics"] {
             fs::create_dir(root.join(d)).unwrap();
         }
         // The server account must be able to run the tools wherever the checkout lives.
@@ -164,10 +173,13 @@ impl Cluster {
                 dir: root.join("backups"),
             },
             encryption,
-            metrics: None,
+            metrics: opts.metrics.then(|| pgpitr_config::MetricsConfig {
+                textfile_dir: root.join("metrics"),
+            }),
             pgpitr: ToolsConfig {
                 bin_dir: Some(tools.clone()),
             },
+            health: Default::default(),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();
@@ -273,13 +285,25 @@ impl Cluster {
 
     /// Runs one of the workspace binaries with `--config` and extra arguments.
     pub fn tool(&self, tool: &str, args: &[&str]) -> Run {
+        self.tool_with(&self.cfg_path, tool, args)
+    }
+
+    /// Same with another config file (see `write_config`).
+    pub fn tool_with(&self, cfg_path: &Path, tool: &str, args: &[&str]) -> Run {
         let out = Command::new(self.tools.join(tool))
             .arg("--config")
-            .arg(&self.cfg_path)
+            .arg(cfg_path)
             .args(args)
             .output()
             .unwrap();
         Run::from(out)
+    }
+
+    /// Writes a variant of the instance config under `name` and returns its path.
+    pub fn write_config(&self, cfg: &Config, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        fs::write(&p, cfg.to_toml()).unwrap();
+        p
     }
 
     /// Takes a base backup with the real `basebackup` binary; returns its id.

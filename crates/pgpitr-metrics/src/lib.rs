@@ -198,11 +198,23 @@ mod tests {
             &[("check", "a\"b\\c\nd")],
             0.0,
         );
-        m.sample("pgpitr_health_check", "per check", Kind::Gauge, &[("check", "x")], 1.0);
+        m.sample(
+            "pgpitr_health_check",
+            "per check",
+            Kind::Gauge,
+            &[("check", "x")],
+            1.0,
+        );
         m.counter("pgpitr_archive_pushed_bytes_total", "bytes", 1.5e9);
         let t = m.render();
-        assert!(t.contains("# TYPE postgresql_health gauge\npostgresql_health{instance=\"main\"} 1\n"), "{t}");
-        assert!(t.contains(r#"pgpitr_health_check{instance="main",check="a\"b\\c\nd"} 0"#), "{t}");
+        assert!(
+            t.contains("# TYPE postgresql_health gauge\npostgresql_health{instance=\"main\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"pgpitr_health_check{instance="main",check="a\"b\\c\nd"} 0"#),
+            "{t}"
+        );
         assert_eq!(t.matches("# TYPE pgpitr_health_check").count(), 1);
         assert!(t.contains("pgpitr_archive_pushed_bytes_total{instance=\"main\"} 1500000000\n"));
     }
@@ -213,12 +225,21 @@ mod tests {
         let mut m = MetricsFile::new("backup", "x");
         m.gauge("a", "b", 2.0);
         m.write(d.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(d.path().join("pgpitr_backup_x.prom")).unwrap(), m.render());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("pgpitr_backup_x.prom")).unwrap(),
+            m.render()
+        );
         let s = JobState::new(d.path(), "backup", "x");
         assert_eq!(s.load::<u64>(), None);
         s.save(&41u64).unwrap();
         assert_eq!(s.load::<u64>(), Some(41));
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".tmp-")));
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(names
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".tmp-")));
     }
 }

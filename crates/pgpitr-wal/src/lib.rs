@@ -5,6 +5,7 @@ pub mod chain;
 pub mod codec;
 pub mod header;
 pub mod lsn;
+pub mod metrics;
 pub mod names;
 pub mod store;
 pub mod timeline;

@@ -1,7 +1,7 @@
 //! `pgpitr`: the operator's command line (status, restore, demo).
 
 use clap::{Parser, Subcommand};
-use pgpitr_cli::{run_main, ConfigArgs};
+use pgpitr_cli::{run_main, sd_notify, ConfigArgs};
 use pgpitr_pg::Bins;
 use pgpitr_restore::{execute, parse_target, plan, ExecuteOptions, Inventory, PlanRequest};
 use pgpitr_wal::codec::Decoder;
@@ -143,6 +143,10 @@ fn main() -> ExitCode {
             if !*json {
                 eprint!("{p}");
             }
+            sd_notify(&format!(
+                "READY=1\nSTATUS=restoring backup {} to {}",
+                p.backup.id, p.target
+            ));
             let opts = ExecuteOptions {
                 into: std::path::absolute(into)?,
                 port: *port,
@@ -152,10 +156,15 @@ fn main() -> ExitCode {
                 progress: !*json && std::io::stderr().is_terminal(),
             };
             let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| {
+                sd_notify(&format!("STATUS={s}"));
                 if !*json {
                     eprintln!("pgpitr: {s}")
                 }
             })?;
+            sd_notify(&format!(
+                "STATUS=restored: server running on port {} (timeline {})",
+                report.port, report.timeline
+            ));
             report.steps.insert(
                 0,
                 pgpitr_restore::execute::Step {
