@@ -10,6 +10,8 @@ apt_install age zstd ca-certificates
 # node_exporter scrapes the textfile metrics for real; promtool (package prometheus) checks
 # the documented alert rules.
 apt_install prometheus-node-exporter prometheus
+# restic: offsite copies go to real repositories on local disk.
+apt_install restic
 ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins

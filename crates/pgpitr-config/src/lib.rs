@@ -59,6 +59,9 @@ pub struct Config {
     pub pgpitr: ToolsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Offsite copies through restic; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -140,6 +143,54 @@ pub struct ToolsConfig {
     /// restore_command. Defaults to the folder of the running executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<PathBuf>,
+}
+
+/// Offsite copies in a restic repository (any backend restic supports).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OffsiteConfig {
+    /// restic repository: a path, `s3:...`, `b2:...`, `azure:...`, `gs:...`, `rest:...`, `sftp:...`.
+    pub repository: String,
+    /// File holding the repository password (given to restic as RESTIC_PASSWORD_FILE).
+    pub password_file: PathBuf,
+    /// Optional `KEY=VALUE` file with backend credentials (AWS_ACCESS_KEY_ID, B2_ACCOUNT_KEY...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_file: Option<PathBuf>,
+    /// Create the repository when it does not exist yet.
+    #[serde(default)]
+    pub init: bool,
+    /// restic executable (found on PATH when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic_bin: Option<PathBuf>,
+    /// Retention of the offsite copy (restic forget), independent of local retention.
+    #[serde(default)]
+    pub forget: ForgetPolicy,
+    /// Run `forget --prune` at most this often (0: on every sync).
+    #[serde(default = "default_prune_interval")]
+    pub prune_interval_hours: u64,
+}
+
+/// restic `forget` options; all zero/absent keeps everything.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetPolicy {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// restic duration such as `30d` or `1y6m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+fn default_prune_interval() -> u64 {
+    168
 }
 
 /// Thresholds of `healthcheck`.

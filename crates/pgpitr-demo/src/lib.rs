@@ -162,6 +162,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
             bin_dir: Some(tools.clone()),
         },
         health: Default::default(),
+        offsite: None,
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

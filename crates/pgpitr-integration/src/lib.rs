@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const TOOLS: [&str; 5] = [
+pub const TOOLS: [&str; 6] = [
     "archive-wal",
     "restore-wal",
     "basebackup",
     "pgpitr",
     "healthcheck",
+    "offsite-sync",
 ];
 
 /// Folder of the workspace binaries (next to the test executable's `deps/`).
@@ -180,6 +181,7 @@ impl Cluster {
                 bin_dir: Some(tools.clone()),
             },
             health: Default::default(),
+            offsite: None,
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();

@@ -107,7 +107,6 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
         )));
     }
     let oldest = candidates[0];
-    let newest = *candidates.last().unwrap();
     let window_text = |end: &str| {
         format!(
             "the restorable window on timeline {timeline} is {} to {end}",
@@ -125,41 +124,12 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
             }
             b
         }
-        None => match &req.target {
-            Target::Time(t) => candidates
-                .iter()
-                .rev()
-                .find(|b| b.stop_time <= *t)
-                .copied()
-                .ok_or_else(|| {
-                    RestoreError::Refused(format!(
-                        "target {} is before the end of the oldest backup ({}, ended {}): {}",
-                        fmt_time(*t),
-                        oldest.id,
-                        fmt_time(oldest.stop_time),
-                        window_text("the newest archived transaction")
-                    ))
-                })?,
-            Target::Lsn(l) => candidates
-                .iter()
-                .rev()
-                .find(|b| b.stop_lsn <= *l)
-                .copied()
-                .ok_or_else(|| {
-                    RestoreError::Refused(format!(
-                        "target lsn {l} is before the end of the oldest backup ({}, ended at {})",
-                        oldest.id, oldest.stop_lsn
-                    ))
-                })?,
-            Target::Xid(x) => candidates
-                .iter()
-                .rev()
-                .find(|b| b.next_xid != 0 && b.next_xid <= *x)
-                .copied()
-                .unwrap_or(oldest),
-            Target::Name(_) => oldest,
-            Target::Immediate | Target::Latest => newest,
-        },
+        None => choose(&candidates, &req.target).map_err(|e| {
+            RestoreError::Refused(format!(
+                "{e}: {}",
+                window_text("the newest archived transaction")
+            ))
+        })?,
     };
 
     // WAL after the backup's own (pg_basebackup -X fetch puts start..stop into the backup).
@@ -273,4 +243,51 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
         window_end_lsn,
         warnings,
     })
+}
+
+/// The newest backup among `candidates` (oldest first) that can reach `target`.
+pub fn choose<'a>(
+    candidates: &[&'a BackupInfo],
+    target: &Target,
+) -> std::result::Result<&'a BackupInfo, String> {
+    let oldest = *candidates
+        .first()
+        .ok_or("there is no backup to choose from")?;
+    let newest = *candidates.last().unwrap();
+    match target {
+        Target::Time(t) => candidates
+            .iter()
+            .rev()
+            .find(|b| b.stop_time <= *t)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "target {} is before the end of the oldest backup ({}, ended {})",
+                    fmt_time(*t),
+                    oldest.id,
+                    fmt_time(oldest.stop_time)
+                )
+            }),
+        Target::Lsn(l) => candidates
+            .iter()
+            .rev()
+            .find(|b| b.stop_lsn <= *l)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "target lsn {l} is before the end of the oldest backup ({}, ended at {})",
+                    oldest.id, oldest.stop_lsn
+                )
+            }),
+        // A transaction id at or above a backup's next_xid started after that backup ended.
+        Target::Xid(x) => Ok(candidates
+            .iter()
+            .rev()
+            .find(|b| b.next_xid != 0 && b.next_xid <= *x)
+            .copied()
+            .unwrap_or(oldest)),
+        // Where a named restore point lies is only known by replaying: start from the oldest.
+        Target::Name(_) => Ok(oldest),
+        Target::Immediate | Target::Latest => Ok(newest),
+    }
 }

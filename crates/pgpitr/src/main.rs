@@ -26,6 +26,9 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// List what the offsite restic repository holds instead.
+        #[arg(long)]
+        offsite: bool,
     },
     /// Restore a cluster to a point in time into an empty folder and start it there.
     Restore {
@@ -50,6 +53,13 @@ enum Cmd {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Fetch the backup and WAL from the offsite restic repository (the local archive
+        /// and backups are gone).
+        #[arg(long, value_name = "SOURCE", value_parser = ["local", "offsite"], default_value = "local")]
+        from: String,
+        /// Where `--from offsite` puts what it fetches (default: beside --into).
+        #[arg(long)]
+        staging: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -90,7 +100,23 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Cmd::Status { json } => {
+        Cmd::Status {
+            json,
+            offsite: true,
+        } => {
+            let cfg = cli.config.load()?;
+            let st = pgpitr_offsite::status(&cfg)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{st}");
+            }
+            Ok(())
+        }
+        Cmd::Status {
+            json,
+            offsite: false,
+        } => {
             let cfg = cli.config.load()?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
             let inv = Inventory::load(&cfg, &decoder)?;
@@ -112,11 +138,40 @@ fn main() -> ExitCode {
             archive,
             dry_run,
             json,
+            from,
+            staging,
         } => {
             let t0 = Instant::now();
             let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
-            let cfg = cli.config.load()?;
+            let mut cfg = cli.config.load()?;
+            let mut config_path = cli.config.path()?;
             pgpitr_restore::execute::check_target_dir(into)?;
+            if from == "offsite" {
+                let into_abs = std::path::absolute(into)?;
+                let staging = match staging {
+                    Some(s) => std::path::absolute(s)?,
+                    None => {
+                        let name = into_abs
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        into_abs.with_file_name(format!("{name}-offsite-staging"))
+                    }
+                };
+                let (staged, path) = pgpitr_offsite::fetch_for_restore(
+                    &cfg,
+                    &target,
+                    backup.as_deref(),
+                    &staging,
+                    &mut |s| {
+                        if !*json {
+                            eprintln!("pgpitr: {s}");
+                        }
+                    },
+                )?;
+                cfg = staged;
+                config_path = path;
+            }
             let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
             let inv = Inventory::load(&cfg, &decoder)?;
@@ -150,7 +205,7 @@ fn main() -> ExitCode {
             let opts = ExecuteOptions {
                 into: std::path::absolute(into)?,
                 port: *port,
-                config_path: cli.config.path()?,
+                config_path,
                 tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
                 archive: *archive,
                 progress: !*json && std::io::stderr().is_terminal(),
