@@ -334,7 +334,7 @@ pub fn fetch_for_restore(
             Err(e) => tracing::warn!("snapshot {}: unreadable backup.json: {e}", s.short_id),
         }
     }
-    backups.sort_by(|a, b| a.0.stop_lsn.cmp(&b.0.stop_lsn));
+    backups.sort_by_key(|b| b.0.stop_lsn);
     if backups.is_empty() {
         return Err(OffsiteError::Refused(format!(
             "the repository {} holds no base backup of instance {}",
