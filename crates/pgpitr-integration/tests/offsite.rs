@@ -48,7 +48,7 @@ fn with_offsite(c: &Cluster, keep_last: u32) -> (PathBuf, PathBuf) {
     (c.write_config(&cfg, "offsite.toml"), log)
 }
 
-fn sync(c: &Cluster, cfg: &PathBuf) -> serde_json::Value {
+fn sync(c: &Cluster, cfg: &std::path::Path) -> serde_json::Value {
     let r = c.tool_with(cfg, "offsite-sync", &["--json"]).ok();
     assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
     serde_json::from_str(&r.stdout).unwrap()
