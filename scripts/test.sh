@@ -12,6 +12,8 @@ apt_install age zstd ca-certificates
 apt_install prometheus-node-exporter prometheus
 # restic: offsite copies go to real repositories on local disk.
 apt_install restic
+# ZFS: a real (old) ZFS through FUSE; the tests start its daemon and use a pool on a sparse file.
+apt_install zfs-fuse
 ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins

@@ -62,6 +62,9 @@ pub struct Config {
     /// Offsite copies through restic; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<OffsiteConfig>,
+    /// ZFS datasets for the data folder and the WAL archive; absent means not on ZFS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs: Option<ZfsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +194,22 @@ pub struct ForgetPolicy {
 
 fn default_prune_interval() -> u64 {
     168
+}
+
+/// ZFS datasets tuned for PostgreSQL. Property values here override the defaults
+/// (data: recordsize=8K compression=lz4 atime=off xattr=sa logbias=latency;
+/// WAL archive: recordsize=128K compression=lz4 atime=off logbias=throughput).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZfsConfig {
+    /// Dataset mounted at postgres.data_dir, e.g. `tank/postgres/main`.
+    pub data_dataset: String,
+    /// Dataset mounted at archive.dir, e.g. `tank/postgres/main-wal`.
+    pub wal_dataset: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data_properties: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub wal_properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Thresholds of `healthcheck`.

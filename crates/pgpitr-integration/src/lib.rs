@@ -94,6 +94,16 @@ pub struct ClusterOptions {
     pub level: i32,
     /// Configure `[metrics]` with a `metrics/` folder.
     pub metrics: bool,
+    /// Data folder and archive folder elsewhere (e.g. on ZFS datasets), with `[zfs]`.
+    pub placed: Option<Placement>,
+}
+
+/// Where the data and the archive live when not in the cluster's temporary folder.
+#[derive(Clone)]
+pub struct Placement {
+    pub data_dir: PathBuf,
+    pub archive_dir: PathBuf,
+    pub zfs: Option<pgpitr_config::ZfsConfig>,
 }
 
 impl Default for ClusterOptions {
@@ -102,6 +112,7 @@ impl Default for ClusterOptions {
             encrypted: false,
             level: 3,
             metrics: false,
+            placed: None,
         }
     }
 }
@@ -159,14 +170,22 @@ impl Cluster {
             instance: "test".into(),
             postgres: PostgresConfig {
                 bin_dir: Some(bins.dir.clone()),
-                data_dir: root.join("data"),
+                data_dir: opts
+                    .placed
+                    .as_ref()
+                    .map(|p| p.data_dir.clone())
+                    .unwrap_or_else(|| root.join("data")),
                 port: 5432,
                 socket_dir: root.join("sock"),
                 user: "postgres".into(),
                 os_user: "postgres".into(),
             },
             archive: ArchiveConfig {
-                dir: root.join("archive"),
+                dir: opts
+                    .placed
+                    .as_ref()
+                    .map(|p| p.archive_dir.clone())
+                    .unwrap_or_else(|| root.join("archive")),
                 compression: Compression::Zstd,
                 level: opts.level,
             },
@@ -182,6 +201,7 @@ impl Cluster {
             },
             health: Default::default(),
             offsite: None,
+            zfs: opts.placed.as_ref().and_then(|p| p.zfs.clone()),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();
@@ -197,6 +217,11 @@ impl Cluster {
             servers: Default::default(),
         };
         c.chown(&c.root);
+        for d in [&c.cfg.postgres.data_dir, &c.cfg.archive.dir] {
+            if d.exists() {
+                c.chown(d);
+            }
+        }
         c.initdb(&c.cfg.postgres.data_dir, true);
         c.start_server(&c.cfg.postgres.data_dir);
         c
@@ -247,7 +272,9 @@ impl Cluster {
             account: self.account.as_ref(),
             data_dir: data,
         };
-        ctl.start(&data.with_extension("log"), "", true).unwrap();
+        let name = data.file_name().unwrap().to_string_lossy();
+        ctl.start(&self.root.join(format!("{name}.log")), "", true)
+            .unwrap();
         self.track(data);
     }
 

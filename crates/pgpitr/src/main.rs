@@ -63,6 +63,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// ZFS datasets of the instance (data: 8K records; WAL archive: 128K records).
+    Zfs {
+        #[command(subcommand)]
+        action: ZfsCmd,
+    },
     /// Show a DELETE without WHERE being undone on a throw-away cluster.
     Demo {
         /// Keep the temporary folder.
@@ -71,6 +76,17 @@ enum Cmd {
         /// Rows to write before the accident.
         #[arg(long, default_value_t = 12)]
         rows: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ZfsCmd {
+    /// Create missing datasets with tuned properties; report drift (exit 1), fix it with --fix.
+    Ensure {
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -98,6 +114,43 @@ fn main() -> ExitCode {
                 "demo passed: {} rows written, {} left after the DELETE, {} restored",
                 out.rows_written, out.rows_after_delete, out.rows_restored
             );
+            Ok(())
+        }
+        Cmd::Zfs {
+            action: ZfsCmd::Ensure { fix, json },
+        } => {
+            let cfg = cli.config.load()?;
+            let states = pgpitr_zfs::ensure_instance(&cfg, *fix)?;
+            let drift: usize = states.iter().map(|s| s.drift().len()).sum();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&states)?);
+            } else {
+                for s in &states {
+                    let created = if s.created { ": created" } else { "" };
+                    println!("{} ({}){created}", s.dataset, s.mountpoint);
+                    let drifted: Vec<&str> =
+                        s.drift().iter().map(|d| d.property.as_str()).collect();
+                    for p in &s.properties {
+                        let actual = p.actual.as_deref().unwrap_or("?");
+                        let state = if p.fixed {
+                            format!("fixed (was {actual})")
+                        } else if drifted.contains(&p.property.as_str()) {
+                            format!("DRIFT: is {actual}")
+                        } else {
+                            "ok".into()
+                        };
+                        println!("  {}={}  {state}", p.property, p.wanted);
+                        if let Some(n) = &p.note {
+                            println!("    note: {n}");
+                        }
+                    }
+                }
+            }
+            if drift > 0 {
+                anyhow::bail!(
+                    "{drift} dataset properties differ from the config: run `pgpitr zfs ensure --fix` to set them"
+                );
+            }
             Ok(())
         }
         Cmd::Status {
@@ -202,8 +255,14 @@ fn main() -> ExitCode {
                 "READY=1\nSTATUS=restoring backup {} to {}",
                 p.backup.id, p.target
             ));
+            let into_abs = std::path::absolute(into)?;
+            if cfg.zfs.is_some() {
+                if let Some(snap) = pgpitr_zfs::safety_snapshot(&into_abs)? {
+                    eprintln!("pgpitr: safety snapshot {snap} taken; to undo this restore: stop the restored server, then zfs rollback {snap}");
+                }
+            }
             let opts = ExecuteOptions {
-                into: std::path::absolute(into)?,
+                into: into_abs,
                 port: *port,
                 config_path,
                 tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
