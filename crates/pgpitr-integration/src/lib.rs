@@ -395,3 +395,21 @@ pub fn tags(db: &mut Client) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Commits a row tagged `before`, waits past a whole second, takes the target time, waits
+/// again and commits a row tagged `after`: a time-target restore must keep the first and
+/// not the second.
+pub fn rows_around_target(
+    db: &mut Client,
+    before: &str,
+    after: &str,
+) -> chrono::DateTime<chrono::Utc> {
+    db.execute("INSERT INTO t (tag) VALUES ($1)", &[&before])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(1100));
+    db.execute("INSERT INTO t (tag) VALUES ($1)", &[&after])
+        .unwrap();
+    target
+}

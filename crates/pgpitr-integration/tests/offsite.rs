@@ -3,9 +3,8 @@
 //! and backups are gone passes the sentinel gate; wrong password and locked repository give
 //! clear errors; the password never appears in restic's argv or in output.
 
-use chrono::Utc;
 use pgpitr_config::{ForgetPolicy, OffsiteConfig};
-use pgpitr_integration::{require_tool, tags, Cluster, ClusterOptions};
+use pgpitr_integration::{require_tool, rows_around_target, tags, Cluster, ClusterOptions};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -79,13 +78,7 @@ fn sync_resync_forget_and_restore_from_offsite() {
     assert_eq!(s["wal"]["files_changed"], 0, "{s}");
 
     let second = c.basebackup();
-    db.batch_execute("INSERT INTO t (tag) VALUES ('before')")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = Utc::now();
-    std::thread::sleep(Duration::from_millis(1100));
-    db.batch_execute("INSERT INTO t (tag) VALUES ('after')")
-        .unwrap();
+    let target = rows_around_target(&mut db, "before", "after");
     c.switch_and_wait(5432);
     let s = sync(&c, &cfg);
     assert_eq!(s["backups_added"], serde_json::json!([second]));

@@ -1,9 +1,7 @@
 //! A restore that becomes the new primary archives on its new timeline into the same
 //! archive, and a second point-in-time restore follows the timeline history.
 
-use chrono::Utc;
-use pgpitr_integration::{tags, Cluster, ClusterOptions};
-use std::time::Duration;
+use pgpitr_integration::{rows_around_target, tags, Cluster, ClusterOptions};
 
 #[test]
 fn second_restore_follows_the_new_timeline() {
@@ -12,13 +10,7 @@ fn second_restore_follows_the_new_timeline() {
     db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, tag text NOT NULL); INSERT INTO t (tag) VALUES ('a1')")
         .unwrap();
     c.basebackup();
-    db.batch_execute("INSERT INTO t (tag) VALUES ('a2')")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let t1 = Utc::now();
-    std::thread::sleep(Duration::from_millis(1100));
-    db.batch_execute("INSERT INTO t (tag) VALUES ('a3-discarded')")
-        .unwrap();
+    let t1 = rows_around_target(&mut db, "a2", "a3-discarded");
     c.switch_and_wait(5432);
 
     // First restore becomes the new primary and keeps archiving (--archive).
@@ -30,13 +22,7 @@ fn second_restore_follows_the_new_timeline() {
     assert_eq!(rep["timeline"], 2);
     let mut db2 = c.connect(5433);
     assert_eq!(tags(&mut db2), vec!["a1", "a2"]);
-    db2.batch_execute("INSERT INTO t (tag) VALUES ('b1')")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let t2 = Utc::now();
-    std::thread::sleep(Duration::from_millis(1100));
-    db2.batch_execute("INSERT INTO t (tag) VALUES ('b2-after')")
-        .unwrap();
+    let t2 = rows_around_target(&mut db2, "b1", "b2-after");
     c.switch_and_wait(5433);
     // The old primary goes on writing timeline 1 past the branch point: another history.
     db.batch_execute("INSERT INTO t (tag) VALUES ('a4-old-primary')")

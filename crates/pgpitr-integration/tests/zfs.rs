@@ -3,9 +3,10 @@
 //! snapshot before a restore into a dataset, rollback, and "never destroys a dataset". The
 //! PostgreSQL data folder on a dataset passes the sentinel gate. One test: runs serially.
 
-use chrono::Utc;
 use pgpitr_config::ZfsConfig;
-use pgpitr_integration::{require_tool, tags, Cluster, ClusterOptions, Placement};
+use pgpitr_integration::{
+    require_tool, rows_around_target, tags, Cluster, ClusterOptions, Placement,
+};
 use pgpitr_zfs::Zfs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -171,13 +172,7 @@ fn datasets_drift_snapshots_and_postgres_on_zfs() {
     db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('base')")
         .unwrap();
     c.basebackup();
-    db.batch_execute("INSERT INTO t (tag) VALUES ('before')")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = Utc::now();
-    std::thread::sleep(Duration::from_millis(1100));
-    db.batch_execute("INSERT INTO t (tag) VALUES ('after')")
-        .unwrap();
+    let target = rows_around_target(&mut db, "before", "after");
     c.switch_and_wait(5432);
 
     let restored_ds = format!("{}/pg/restored", pool.name);
