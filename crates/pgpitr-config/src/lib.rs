@@ -5,6 +5,7 @@
 //! name the file, the line and the key.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Folder searched by `--instance NAME` unless `PGPITR_CONFIG_DIR` is set.
@@ -65,6 +66,11 @@ pub struct Config {
     /// ZFS datasets for the data folder and the WAL archive; absent means not on ZFS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zfs: Option<ZfsConfig>,
+    /// Databases `provision-dbs` makes the server match, keyed by database name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub provision: ProvisionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -194,6 +200,70 @@ pub struct ForgetPolicy {
 
 fn default_prune_interval() -> u64 {
     168
+}
+
+/// One declared database.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Role that owns the database (created when missing).
+    pub owner: String,
+    /// File holding the owner's password: the owner can then log in (SCRAM-SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_password_file: Option<PathBuf>,
+    /// Extensions to create (`CREATE EXTENSION IF NOT EXISTS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+    /// Role -> privileges (`ALL`, `SELECT`, `INSERT`, `UPDATE`, `DELETE`, `TRUNCATE`,
+    /// `REFERENCES`, `TRIGGER`, `USAGE`, `CREATE`, `CONNECT`, `TEMPORARY`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub permissions: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<i32>,
+}
+
+/// Privileges `permissions` accepts.
+pub const PRIVILEGES: [&str; 13] = [
+    "ALL",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+    "USAGE",
+    "CREATE",
+    "CONNECT",
+    "TEMPORARY",
+    "TEMP",
+];
+
+/// Settings of `provision-dbs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// Where the hash stamp of the applied state lives (default /var/lib/pgpitr/<instance>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// How long to wait for the server to accept connections and leave recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_seconds: Option<u64>,
+}
+
+impl ProvisionConfig {
+    pub fn state_dir(&self, instance: &str) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/pgpitr").join(instance))
+    }
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.wait_timeout_seconds.unwrap_or(60))
+    }
 }
 
 /// ZFS datasets tuned for PostgreSQL. Property values here override the defaults
@@ -405,6 +475,27 @@ impl Config {
                 "health.min_free_percent",
                 format!("{} is outside 0..100", self.health.min_free_percent),
             ));
+        }
+        for (db, d) in &self.databases {
+            for (role, privs) in &d.permissions {
+                for p in privs {
+                    if !PRIVILEGES.contains(&p.to_ascii_uppercase().as_str()) {
+                        return Err(invalid(
+                            "databases.permissions",
+                            format!(
+                                "{db:?}: {role:?} has unknown privilege {p:?} (use {})",
+                                PRIVILEGES.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            if db.is_empty() || d.owner.is_empty() {
+                return Err(invalid(
+                    "databases",
+                    "database and owner names must not be empty".into(),
+                ));
+            }
         }
         for (key, p) in [
             ("archive.dir", &self.archive.dir),

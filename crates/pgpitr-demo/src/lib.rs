@@ -164,6 +164,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         health: Default::default(),
         offsite: None,
         zfs: None,
+        databases: Default::default(),
+        provision: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const TOOLS: [&str; 6] = [
+pub const TOOLS: [&str; 7] = [
     "archive-wal",
     "restore-wal",
     "basebackup",
     "pgpitr",
     "healthcheck",
     "offsite-sync",
+    "provision-dbs",
 ];
 
 /// Folder of the workspace binaries (next to the test executable's `deps/`).
@@ -202,6 +203,11 @@ impl Cluster {
             health: Default::default(),
             offsite: None,
             zfs: opts.placed.as_ref().and_then(|p| p.zfs.clone()),
+            databases: Default::default(),
+            provision: pgpitr_config::ProvisionConfig {
+                state_dir: Some(root.join("state")),
+                wait_timeout_seconds: Some(30),
+            },
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();
@@ -412,4 +418,11 @@ pub fn rows_around_target(
     db.execute("INSERT INTO t (tag) VALUES ($1)", &[&after])
         .unwrap();
     target
+}
+
+/// A connection to database `db` on the cluster's socket at `port`.
+pub fn connect_db(c: &Cluster, port: u16, db: &str) -> Client {
+    c.endpoint(port)
+        .wait_connect(db, Duration::from_secs(30))
+        .unwrap()
 }
