@@ -24,6 +24,18 @@ pub use manifest::Manifest;
 
 pub const BACKUP_JSON: &str = "backup.json";
 
+/// Lock in the backup folder: basebackup and restore hold it shared for their whole run,
+/// walprune exclusive, so retention never races a backup being written or a restore reading.
+pub const LOCK_FILE: &str = ".pgpitr.lock";
+
+/// Takes the backup folder's lock shared (creating the folder when missing).
+pub fn lock_shared(backup_dir: &Path) -> Result<pgpitr_durable::FileLock> {
+    create_dir_all_durable(backup_dir)?;
+    Ok(pgpitr_durable::FileLock::shared(
+        &backup_dir.join(LOCK_FILE),
+    )?)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error(transparent)]
@@ -151,7 +163,7 @@ pub fn take(config: &Config, progress: &mut dyn FnMut(&str)) -> Result<BackupInf
         ));
     }
 
-    create_dir_all_durable(&config.backup.dir)?;
+    let _lock = lock_shared(&config.backup.dir)?;
     let id = new_id(&config.backup.dir);
     let dir = config.backup.dir.join(&id);
     fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;

@@ -71,6 +71,9 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
     pub provision: ProvisionConfig,
+    /// Which base backups walprune keeps; WAL retention follows from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -200,6 +203,35 @@ pub struct ForgetPolicy {
 
 fn default_prune_interval() -> u64 {
     168
+}
+
+/// Retention of base backups (as restic's `forget` expresses it). A backup is kept when
+/// any rule keeps it; the newest complete backup is always kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep every backup that ended within the last D days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within_days: Option<u32>,
+    /// Keep the newest backup of each of the last N days / weeks / months / years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// A backup folder without backup.json older than this is a leftover of a killed run.
+    #[serde(default = "default_grace_hours")]
+    pub partial_grace_hours: u64,
+}
+
+fn default_grace_hours() -> u64 {
+    24
 }
 
 /// One declared database.
@@ -476,6 +508,29 @@ impl Config {
                 format!("{} is outside 0..100", self.health.min_free_percent),
             ));
         }
+        if let Some(r) = &self.retention {
+            let rules = [
+                r.keep_last,
+                r.keep_within_days,
+                r.keep_daily,
+                r.keep_weekly,
+                r.keep_monthly,
+                r.keep_yearly,
+            ];
+            if rules.contains(&Some(0)) {
+                return Err(invalid(
+                    "retention",
+                    "a keep_* value of 0 keeps nothing: remove the key or give at least 1".into(),
+                ));
+            }
+            if rules.iter().all(Option::is_none) {
+                return Err(invalid(
+                    "retention",
+                    "no rule: set keep_last, keep_within_days or keep_daily/weekly/monthly/yearly"
+                        .into(),
+                ));
+            }
+        }
         for (db, d) in &self.databases {
             for (role, privs) in &d.permissions {
                 for p in privs {
@@ -599,6 +654,34 @@ dir = "/srv/backup"
         .unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("encryption.recipients"), "{e}");
+    }
+
+    #[test]
+    fn bad_retention_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for (body, expect) in [
+            ("[retention]\nkeep_last = 0\n", "keeps nothing"),
+            (
+                "[retention]\nkeep_within_days = -3\n",
+                "retention.keep_within_days",
+            ),
+            ("[retention]\nkeep_hourly = 3\n", "keep_hourly"),
+            ("[retention]\n", "no rule"),
+        ] {
+            std::fs::write(&p, format!("{GOOD}{body}")).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains(expect), "{body}: {e}");
+        }
+        std::fs::write(
+            &p,
+            format!("{GOOD}[retention]\nkeep_last = 2\nkeep_daily = 7\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            Config::load(&p).unwrap().retention.unwrap().keep_daily,
+            Some(7)
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         zfs: None,
         databases: Default::default(),
         provision: Default::default(),
+        retention: None,
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const TOOLS: [&str; 7] = [
+pub const TOOLS: [&str; 8] = [
     "archive-wal",
     "restore-wal",
     "basebackup",
@@ -23,6 +23,7 @@ pub const TOOLS: [&str; 7] = [
     "healthcheck",
     "offsite-sync",
     "provision-dbs",
+    "walprune",
 ];
 
 /// Folder of the workspace binaries (next to the test executable's `deps/`).
@@ -208,6 +209,7 @@ impl Cluster {
                 state_dir: Some(root.join("state")),
                 wait_timeout_seconds: Some(30),
             },
+            retention: None,
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();

@@ -151,6 +151,8 @@ pub fn execute(
         )));
     }
     let account = Account::for_server(&cfg.postgres.os_user)?;
+    // walprune must not delete the backup or WAL while they are being read.
+    let _lock = pgpitr_backup::lock_shared(&cfg.backup.dir)?;
     let mut timer = Timer {
         steps: Vec::new(),
         at: Instant::now(),

@@ -234,6 +234,13 @@ impl Store {
         encoder: &Encoder,
         pg_version: Option<u32>,
     ) -> Result<Pushed> {
+        if !self.dir.is_dir() {
+            // Never create it: an unmounted dataset must not send WAL to the root file system.
+            return Err(WalError::Invalid(format!(
+                "archive.dir {} does not exist (is its file system mounted?): create it, writable by the server's user",
+                self.dir.display()
+            )));
+        }
         let mut file =
             File::open(src).map_err(|e| WalError::io(format!("open {}", src.display()), e))?;
         let size = file
@@ -507,6 +514,23 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
         assert!(!d.path().join("o").exists());
+    }
+
+    #[test]
+    fn missing_archive_dir_is_a_clear_error() {
+        let (d, _, e) = setup();
+        let s = Store::new(&d.path().join("not-mounted"));
+        let src = d.path().join("seg");
+        fs::write(&src, segment(42, 5, 7)).unwrap();
+        let err = s
+            .push(&src, &WalName::segment(1, 5, SEG), &e, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("mounted"),
+            "{err}"
+        );
+        assert!(!d.path().join("not-mounted").exists());
     }
 
     #[test]

@@ -1,0 +1,339 @@
+//! `pgpitr verify`: every object readable and matching its checksum (or, with `--quick`,
+//! present with a plausible size), timeline histories consistent, no missing segment from
+//! the oldest backup to the newest WAL, backups intact; and the restorable windows.
+
+use chrono::{DateTime, Utc};
+use pgpitr_config::Config;
+use pgpitr_wal::chain::{walk, SegmentIndex};
+use pgpitr_wal::codec::Decoder;
+use pgpitr_wal::store::Store;
+use pgpitr_wal::timeline::{parse_history, Timelines};
+use pgpitr_wal::WalName;
+use serde::Serialize;
+use std::io::IsTerminal;
+
+/// Smallest possible object: a zstd frame header with checksum, or an age header.
+const MIN_ZSTD: u64 = 13;
+const MIN_AGE: u64 = 100;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub name: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub quick: bool,
+    pub objects_checked: usize,
+    pub bytes_checked: u64,
+    pub backups_checked: usize,
+    pub problems: Vec<Problem>,
+    /// "restorable A to B on timeline T[, except ...]"
+    pub windows: Vec<String>,
+    pub gaps: usize,
+    pub corrupt_objects: usize,
+}
+
+pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
+    let store = Store::new(&cfg.archive.dir);
+    let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+    let objects = store.list()?;
+    let backups = pgpitr_backup::catalog(&cfg.backup.dir)?;
+    let seg = store
+        .meta()?
+        .map(|m| m.wal_segment_size)
+        .or_else(|| backups.first().map(|b| b.wal_segment_size))
+        .unwrap_or(16 << 20);
+    let mut problems = Vec::new();
+    let tty = std::io::stderr().is_terminal();
+    let mut bytes = 0u64;
+    let mut corrupt = 0;
+    // Objects.
+    for (i, o) in objects.iter().enumerate() {
+        bytes += o.stored_bytes;
+        if tty && i % 50 == 0 {
+            eprint!("\r  checking objects {}/{}", i + 1, objects.len());
+        }
+        let min = if o.suffix.ends_with(".age") {
+            MIN_AGE
+        } else if o.suffix == ".zst" {
+            MIN_ZSTD
+        } else {
+            1
+        };
+        if o.stored_bytes < min {
+            corrupt += 1;
+            problems.push(Problem {
+                kind: "truncated",
+                name: o.name.to_string(),
+                detail: format!("{} is {} bytes", o.path.display(), o.stored_bytes),
+            });
+            continue;
+        }
+        if !quick {
+            if let Err(e) = store.decode_object(o, &decoder, std::io::sink()) {
+                corrupt += 1;
+                problems.push(Problem {
+                    kind: "corrupt",
+                    name: o.name.to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    if tty && !objects.is_empty() {
+        eprintln!();
+    }
+    // Timeline histories.
+    let mut timelines = Timelines::default();
+    for o in objects
+        .iter()
+        .filter(|o| matches!(o.name, WalName::History { .. }))
+    {
+        let mut buf = Vec::new();
+        if store.decode_object(o, &decoder, &mut buf).is_err() {
+            continue; // already reported above (or quick mode: reported when read fully)
+        }
+        match parse_history(&String::from_utf8_lossy(&buf)) {
+            Ok(h) => {
+                timelines.histories.insert(o.name.tli(), h);
+            }
+            Err(e) => problems.push(Problem {
+                kind: "history",
+                name: o.name.to_string(),
+                detail: e,
+            }),
+        }
+    }
+    let mut seg_tlis: Vec<u32> = objects
+        .iter()
+        .filter(|o| o.name.is_segment())
+        .map(|o| o.name.tli())
+        .collect();
+    seg_tlis.sort();
+    seg_tlis.dedup();
+    for &t in &seg_tlis {
+        if t > 1 && !timelines.histories.contains_key(&t) {
+            problems.push(Problem {
+                kind: "history",
+                name: WalName::History { tli: t }.to_string(),
+                detail: format!("timeline {t} has segments but its history file is missing: restores cannot follow it"),
+            });
+        }
+    }
+    for (&t, h) in &timelines.histories {
+        if let Err(e) = timelines.path_to(t) {
+            problems.push(Problem {
+                kind: "history",
+                name: WalName::History { tli: t }.to_string(),
+                detail: e,
+            });
+            continue;
+        }
+        // The parent's own history must be the child's minus its last line.
+        if let Some(last) = h.last() {
+            if last.parent >= t {
+                problems.push(Problem {
+                    kind: "history",
+                    name: WalName::History { tli: t }.to_string(),
+                    detail: format!("parent timeline {} is not older than {t}", last.parent),
+                });
+            } else if let Some(ph) = timelines.histories.get(&last.parent) {
+                if ph.as_slice() != &h[..h.len() - 1] {
+                    problems.push(Problem {
+                        kind: "history",
+                        name: WalName::History { tli: t }.to_string(),
+                        detail: format!(
+                            "does not extend the history of its parent timeline {}",
+                            last.parent
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    // Gaps per timeline, from the oldest backup on its history to its newest segment.
+    let idx = SegmentIndex::new(&objects, seg);
+    let mut gaps = 0;
+    let mut windows = Vec::new();
+    for &t in &seg_tlis {
+        let Ok(path) = timelines.path_to(t) else {
+            continue;
+        };
+        let on_path: Vec<&pgpitr_backup::BackupInfo> = backups
+            .iter()
+            .filter(|b| pgpitr_restore::Inventory::backup_on_path(b, &path))
+            .collect();
+        let Some(oldest) = on_path.first() else {
+            continue;
+        };
+        let w = walk(&idx, &path, oldest.start_lsn, None);
+        // Only gaps on this timeline's own stretch are reported here (ancestors report theirs).
+        let own: Vec<_> = w
+            .gaps
+            .iter()
+            .filter(|g| g.tli == t || path.len() == 1)
+            .collect();
+        for g in &own {
+            gaps += 1;
+            problems.push(Problem {
+                kind: "gap",
+                name: g.first.to_string(),
+                detail: format!("missing {g}"),
+            });
+        }
+        let newest = w
+            .contiguous_end
+            .map(|(s, tl)| WalName::segment(tl, s, seg).to_string())
+            .unwrap_or_else(|| "the backup's end".into());
+        let mut text = format!(
+            "timeline {t}: restorable from {} to the end of {newest}",
+            fmt(oldest.stop_time)
+        );
+        if !w.gaps.is_empty() {
+            text.push_str(&format!(
+                ", not beyond it: missing {}",
+                w.gaps
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        windows.push(text);
+    }
+    // Backups.
+    for b in &backups {
+        let dir = cfg.backup.dir.join(&b.id);
+        let r = if quick {
+            b.files
+                .iter()
+                .try_for_each(|f| match std::fs::metadata(dir.join(&f.name)) {
+                    Ok(m) if m.len() == f.stored_bytes => Ok(()),
+                    Ok(m) => Err(format!(
+                        "{} is {} bytes, expected {}",
+                        f.name,
+                        m.len(),
+                        f.stored_bytes
+                    )),
+                    Err(e) => Err(format!("{}: {e}", f.name)),
+                })
+        } else {
+            pgpitr_backup::verify_stored_checksums(&dir, &b.files, &b.id)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let encrypted_without_key = b.encrypted
+                        && cfg
+                            .encryption
+                            .as_ref()
+                            .and_then(|e| e.identity_file.as_ref())
+                            .is_none();
+                    if encrypted_without_key {
+                        return Ok(());
+                    }
+                    let manifest = std::fs::read(dir.join("backup_manifest"))
+                        .map_err(|e| format!("backup_manifest: {e}"))
+                        .and_then(|m| pgpitr_backup::Manifest::parse(&m))?;
+                    pgpitr_backup::verify_contents(&dir, &b.files, &manifest, &decoder, &b.id)
+                        .map_err(|e| e.to_string())
+                })
+        };
+        if let Err(detail) = r {
+            problems.push(Problem {
+                kind: "backup",
+                name: b.id.clone(),
+                detail,
+            });
+        }
+    }
+    Ok(VerifyReport {
+        ok: problems.is_empty(),
+        quick,
+        objects_checked: objects.len(),
+        bytes_checked: bytes,
+        backups_checked: backups.len(),
+        problems,
+        windows,
+        gaps,
+        corrupt_objects: corrupt,
+    })
+}
+
+fn fmt(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `pgpitr_verify_*` metrics.
+pub fn record_metrics(cfg: &Config, r: &VerifyReport) -> pgpitr_metrics::Result<()> {
+    use pgpitr_metrics::{unix_now, JobState, MetricsFile};
+    let Some(m) = &cfg.metrics else { return Ok(()) };
+    let state = JobState::new(&m.textfile_dir, "verify", &cfg.instance);
+    let _l = state.lock()?;
+    let mut last_ok: f64 = state.load().unwrap_or(0.0);
+    if r.ok {
+        last_ok = unix_now();
+    }
+    state.save(&last_ok)?;
+    let mut f = MetricsFile::new("verify", &cfg.instance);
+    f.gauge(
+        "pgpitr_verify_gaps",
+        "Missing segment runs found by the last verify.",
+        r.gaps as f64,
+    )
+    .gauge(
+        "pgpitr_verify_corrupt_objects",
+        "Objects truncated or failing their checksum in the last verify.",
+        r.corrupt_objects as f64,
+    )
+    .gauge(
+        "pgpitr_verify_problems",
+        "Problems of any kind found by the last verify.",
+        r.problems.len() as f64,
+    )
+    .gauge(
+        "pgpitr_verify_last_run_timestamp_seconds",
+        "Unix time verify last ran.",
+        unix_now(),
+    )
+    .gauge(
+        "pgpitr_verify_last_success_timestamp_seconds",
+        "Unix time verify last found nothing wrong.",
+        last_ok,
+    );
+    f.write(&m.textfile_dir)
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "checked {} objects ({} bytes{}) and {} backups",
+            self.objects_checked,
+            self.bytes_checked,
+            if self.quick {
+                ", names and sizes only"
+            } else {
+                ", every checksum"
+            },
+            self.backups_checked
+        )?;
+        for w in &self.windows {
+            writeln!(f, "{w}")?;
+        }
+        for p in &self.problems {
+            writeln!(f, "PROBLEM {}: {}: {}", p.kind, p.name, p.detail)?;
+        }
+        write!(
+            f,
+            "{}",
+            if self.ok {
+                "ok"
+            } else {
+                "verify found problems"
+            }
+        )
+    }
+}
