@@ -22,7 +22,7 @@ let
     in {
       inherit contract pgMajor;
       inherit (r) configFile configPath services timers tmpfiles postgresqlConf postgresqlConfText
-        hbaText pendingKeys units etc;
+        hbaText pendingKeys units etc databasesHash;
       paths = p;
     };
 
@@ -54,7 +54,14 @@ let
       };
       healthCheck = {
         interval = "*:0/2";
-        settings = { backup_max_age_seconds = 90000; min_free_percent = 15.0; };
+        # Every [health] key, so the contract test sees the module can write all of them.
+        settings = {
+          archive_max_age_seconds = 600;
+          ready_segments_max = 8;
+          backup_max_age_seconds = 90000;
+          min_free_percent = 15.0;
+          connect_timeout_seconds = 3;
+        };
       };
       monitoring = { enable = true; textfileDir = "/var/lib/node-exporter-textfiles"; };
       onFailure = [ "notify-admin@%n.service" ];
