@@ -29,8 +29,10 @@
       nixosModules.pgpitr = self.nixosModules.default;
 
       # The VM tests (need KVM): `nix flake check` or `nix build .#checks.x86_64-linux.<name>`.
+      # They get the bare module: runNixOSTest's nodes share this (already overlaid) pkgs
+      # read-only, so the nixpkgs.overlays line of nixosModules.default is not allowed there.
       checks = forAllSystems (pkgs:
-        import ./nixos-tests { inherit pkgs; module = self.nixosModules.default; }
+        import ./nixos-tests { inherit pkgs; module = ./nixos-modules; }
         // { package = pkgs.pgpitr; });
 
       devShells = forAllSystems (pkgs: {
