@@ -57,7 +57,11 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_nix_file_parses() {
     let mut files = Vec::new();
     nix_files(&repo_root(), &mut files);
-    for must in ["flake.nix", "nixos-modules/pgpitr.nix", "nixos-modules/lib/default.nix"] {
+    for must in [
+        "flake.nix",
+        "nixos-modules/pgpitr.nix",
+        "nixos-modules/lib/default.nix",
+    ] {
         assert!(
             files.iter().any(|f| f.ends_with(must)),
             "{must} not found among {files:?}"
@@ -70,13 +74,26 @@ fn every_nix_file_parses() {
             failures.push(format!("{}: {}", f.display(), r.stderr.trim()));
         }
     }
-    assert!(failures.is_empty(), "unparsable Nix:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "unparsable Nix:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// `nixos-modules/lib/tests.nix`, evaluated.
 fn evaluated() -> Value {
-    let r = nix_instantiate(&["--eval", "--strict", "--json", "nixos-modules/lib/tests.nix"]);
-    assert_eq!(r.code, 0, "evaluating nixos-modules/lib/tests.nix failed:\n{}", r.stderr);
+    let r = nix_instantiate(&[
+        "--eval",
+        "--strict",
+        "--json",
+        "nixos-modules/lib/tests.nix",
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "evaluating nixos-modules/lib/tests.nix failed:\n{}",
+        r.stderr
+    );
     serde_json::from_str(&r.stdout).expect("nix-instantiate printed JSON")
 }
 
@@ -222,29 +239,36 @@ fn units_ordering_timers_hardening_and_settings() {
 
             if tool == "provision-dbs" {
                 // Part of bringing the instance up, re-run when the declaration changes.
-                assert_eq!(strs(&svc["requires"]), [server_unit.clone()], "{unit}");
+                assert_eq!(strs(&svc["requires"]), [server_unit.as_str()], "{unit}");
                 assert_eq!(strs(&svc["wantedBy"]), ["multi-user.target"], "{unit}");
                 assert_eq!(sc["RemainAfterExit"], true, "{unit}");
-                assert_eq!(strs(&svc["restartTriggers"]), [c["databasesHash"].as_str().unwrap()]);
+                assert_eq!(
+                    strs(&svc["restartTriggers"]),
+                    [c["databasesHash"].as_str().unwrap()]
+                );
                 assert!(timers.get(&unit).is_none(), "{unit} has no timer");
                 continue;
             }
             // A timer job must run and fail when the server is down (Requires= would skip it
             // as a dependency failure, and OnFailure= would never fire).
-            assert!(svc.get("requires").is_none(), "{unit}: no Requires= on the server");
+            assert!(
+                svc.get("requires").is_none(),
+                "{unit}: no Requires= on the server"
+            );
             let t = &timers[&unit];
             assert!(t.is_object(), "{unit}: no timer");
             assert_eq!(t["timerConfig"]["Persistent"], true, "{unit}.timer");
             assert_eq!(t["timerConfig"]["Unit"], format!("{unit}.service").as_str());
             assert_eq!(strs(&t["wantedBy"]), ["timers.target"], "{unit}.timer");
             assert!(t["timerConfig"]["OnCalendar"].is_string(), "{unit}.timer");
-            if tool == "walprune" || tool == "offsite-sync" {
-                if services.get(&format!("postgresql-basebackup-{name}")).is_some() {
-                    assert!(
-                        after.contains(&format!("postgresql-basebackup-{name}.service")),
-                        "{unit} runs after the base backup: {after:?}"
-                    );
-                }
+            let has_basebackup = services
+                .get(format!("postgresql-basebackup-{name}"))
+                .is_some();
+            if (tool == "walprune" || tool == "offsite-sync") && has_basebackup {
+                assert!(
+                    after.contains(&format!("postgresql-basebackup-{name}.service")),
+                    "{unit} runs after the base backup: {after:?}"
+                );
             }
         }
 
@@ -252,7 +276,10 @@ fn units_ordering_timers_hardening_and_settings() {
         let tmpfiles = strs(&c["tmpfiles"]);
         for d in [&data, &archive, &backup] {
             let rule = format!("d {d} 0700 postgres postgres -");
-            assert!(tmpfiles.contains(&rule), "{name}: no `{rule}` in {tmpfiles:?}");
+            assert!(
+                tmpfiles.contains(&rule),
+                "{name}: no `{rule}` in {tmpfiles:?}"
+            );
         }
         if let Some(t) = &textfile {
             assert!(
@@ -268,7 +295,11 @@ fn units_ordering_timers_hardening_and_settings() {
     let timers = |n: &str| keys(&cases[n]["timers"]);
     assert_eq!(
         units("main"),
-        set(&["postgresql-main", "postgresql-basebackup-main", "postgresql-healthcheck-main"])
+        set(&[
+            "postgresql-main",
+            "postgresql-basebackup-main",
+            "postgresql-healthcheck-main"
+        ])
     );
     assert_eq!(
         timers("main"),
@@ -358,8 +389,14 @@ fn units_ordering_timers_hardening_and_settings() {
         ("duplicatePorts", "port 5440 is used by a, b"),
         ("zfsWithoutSupport", "needs ZFS support"),
         ("identityInStore", "is in the Nix store"),
-        ("managedSetting", "sets archive_command, which the module manages"),
-        ("resticIncomplete", "repository and passwordFile must be set"),
+        (
+            "managedSetting",
+            "sets archive_command, which the module manages",
+        ),
+        (
+            "resticIncomplete",
+            "repository and passwordFile must be set",
+        ),
         ("badName", "may only contain letters"),
     ] {
         let msgs = strs(&a[case]);
@@ -423,8 +460,10 @@ fn generated_configs_pass_pgpitr_config_check_and_unknown_keys_fail() {
             assert!(r.stdout.starts_with("ok: "), "{}", r.stdout);
 
             // A key the Rust schema does not know fails, by name, at any depth.
-            for (section, key) in [(None, "nix_only_key"), (Some("postgres"), "nix_only_setting")]
-            {
+            for (section, key) in [
+                (None, "nix_only_key"),
+                (Some("postgres"), "nix_only_setting"),
+            ] {
                 let mut bad = cfg.clone();
                 match section {
                     None => bad[key] = json!(1),
@@ -458,11 +497,7 @@ fn generated_configs_pass_pgpitr_config_check_and_unknown_keys_fail() {
     let parsed = pgpitr_config::Config::parse(Path::new("full.json"), &full.to_string())
         .expect("the full case parses");
     let mut rust_keys = BTreeSet::new();
-    leaf_paths(
-        &serde_json::to_value(&parsed).unwrap(),
-        "",
-        &mut rust_keys,
-    );
+    leaf_paths(&serde_json::to_value(&parsed).unwrap(), "", &mut rust_keys);
     let missing: Vec<_> = rust_keys.difference(&emitted).collect();
     assert!(
         missing.is_empty(),
