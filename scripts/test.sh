@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 install_postgres
 # age and zstd: interoperability checks (objects readable with the stock CLIs).
-apt_install age zstd ca-certificates
+apt_install age zstd ca-certificates nix-bin
 # node_exporter scrapes the textfile metrics for real; promtool (package prometheus) checks
 # the documented alert rules.
 apt_install prometheus-node-exporter prometheus

@@ -1,4 +1,4 @@
-//! `pgpitr`: the operator's command line (status, restore, demo).
+//! `pgpitr`: the operator's command line (status, restore, demo, config check).
 
 use clap::{Parser, Subcommand};
 use pgpitr_cli::{run_main, sd_notify, ConfigArgs};
@@ -85,6 +85,15 @@ enum Cmd {
         #[arg(long, default_value_t = 12)]
         rows: usize,
     },
+    /// Work with the instance config file itself.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load and validate the config (schema, unknown keys, values); print "ok: FILE".
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +327,12 @@ fn main() -> ExitCode {
             } else {
                 println!("{report}");
             }
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::Check) => {
+            // The NixOS module's contract test runs this on every config it generates.
+            cli.config.load()?;
+            println!("ok: {}", cli.config.path()?.display());
             Ok(())
         }
     })

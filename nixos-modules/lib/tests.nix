@@ -1,0 +1,148 @@
+# Instance definitions evaluated by CI (crates/pgpitr-integration/tests/nix.rs) with
+#   nix-instantiate --eval --strict --json nixos-modules/lib/tests.nix
+# The Rust test asserts on units, ordering, timers and hardening, and runs
+# `pgpitr config check` on every generated config file.
+#
+# `contract = true` cases produce only keys the Rust schema knows today, so their config must
+# pass `pgpitr config check`. `contract = false` cases use options whose keys are pending
+# schema support (docs/nixos.md); their config may only be rejected for a pending key.
+let
+  pgpitrLib = import ./. { };
+  paths = {
+    pgpitr = "/nix/store/00000000000000000000000000000000-pgpitr-0.1.0";
+    postgresql = "/nix/store/11111111111111111111111111111111-postgresql-16.4";
+    restic = "/nix/store/22222222222222222222222222222222-restic-0.17.3";
+  };
+  paths15 = paths // {
+    postgresql = "/nix/store/33333333333333333333333333333333-postgresql-15.8";
+  };
+
+  case = { name, instance, contract, pgMajor ? "16", p ? paths }:
+    let r = pgpitrLib.mkInstance { inherit name instance pgMajor; paths = p; };
+    in {
+      inherit contract pgMajor;
+      inherit (r) configFile configPath services timers tmpfiles postgresqlConf postgresqlConfText
+        hbaText pendingKeys units etc databasesHash;
+      paths = p;
+    };
+
+  instances = {
+    # Nothing but the name: every default.
+    main = { };
+    # Most options that map onto keys the Rust schema knows.
+    full = {
+      port = 5433;
+      dataDir = "/srv/pg/full";
+      sharedBuffers = "2GB";
+      effectiveCacheSize = "6GB";
+      workMem = "16MB";
+      maintenanceWorkMem = "512MB";
+      maxConnections = 200;
+      settings = {
+        log_min_duration_statement = 250;
+        jit = false;
+        search_path = "\"$user\", public";
+      };
+      authentication = "host app app 10.0.0.0/8 scram-sha-256";
+      backup = {
+        walArchive = { dir = "/srv/wal/full"; level = 9; };
+        baseBackup = { dir = "/srv/backup/full"; schedule = "*-*-* 02:30:00"; };
+        encryption = {
+          recipients = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+          identityFile = "/run/keys/full.age";
+        };
+      };
+      healthCheck = {
+        interval = "*:0/2";
+        # Every [health] key, so the contract test sees the module can write all of them.
+        settings = {
+          archive_max_age_seconds = 600;
+          ready_segments_max = 8;
+          backup_max_age_seconds = 90000;
+          min_free_percent = 15.0;
+          connect_timeout_seconds = 3;
+        };
+      };
+      monitoring = { enable = true; textfileDir = "/var/lib/node-exporter-textfiles"; };
+      onFailure = [ "notify-admin@%n.service" ];
+    };
+    # An older PostgreSQL beside it, no base backups, no health timer.
+    legacy = {
+      port = 5434;
+      backup.baseBackup.enable = false;
+      backup.walArchive.compression = "none";
+      healthCheck.enable = false;
+    };
+    # Options whose config keys await schema support.
+    pending = {
+      port = 5435;
+      backup.walArchive.retentionDays = 14;
+      backup.retention = { keepLast = 3; keepDaily = 7; keepWeekly = 4; };
+      backup.restic = {
+        enable = true;
+        repository = "/mnt/offsite/pending";
+        passwordFile = "/run/keys/restic-pending";
+        environmentFile = "/run/keys/restic-pending.env";
+      };
+      databases.app = {
+        owner = "app";
+        ownerPasswordFile = "/run/keys/app-db";
+        extensions = [ "pg_trgm" ];
+        connectionLimit = 50;
+      };
+      zfs = {
+        enable = true;
+        dataDataset = "tank/pg/pending";
+        walDataset = "tank/pg/pending-wal";
+        properties = { recordsize = "128K"; };
+      };
+      onFailure = [ "page-oncall.service" ];
+    };
+  };
+
+  assertionFailures = args:
+    map (a: a.message) (builtins.filter (a: !a.assertion) (pgpitrLib.assertions args));
+in
+{
+  cases = {
+    main = case { name = "main"; instance = instances.main; contract = true; };
+    full = case { name = "full"; instance = instances.full; contract = true; };
+    legacy = case { name = "legacy"; instance = instances.legacy; contract = true; pgMajor = "15"; p = paths15; };
+    pending = case { name = "pending"; instance = instances.pending; contract = false; };
+  };
+  pendingSchemaKeys = pgpitrLib.pendingSchemaKeys;
+
+  # Each entry: the messages of the assertions that fail for that set of instances.
+  assertions = {
+    good = assertionFailures {
+      instances = { inherit (instances) main full legacy; };
+      pgMajors = { legacy = "15"; };
+    };
+    goodWithZfs = assertionFailures {
+      instances = { inherit (instances) pending; };
+      zfsSupported = true;
+    };
+    duplicatePorts = assertionFailures {
+      instances = { a = { port = 5440; }; b = { port = 5440; }; c = { port = 5441; }; };
+    };
+    zfsWithoutSupport = assertionFailures {
+      instances = { inherit (instances) pending; };
+      zfsSupported = false;
+    };
+    identityInStore = assertionFailures {
+      instances.main.backup.encryption = {
+        recipients = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+        identityFile = "/nix/store/44444444444444444444444444444444-key.age";
+      };
+    };
+    managedSetting = assertionFailures {
+      instances.main.settings.archive_command = "cp %p /tmp/%f";
+    };
+    resticIncomplete = assertionFailures {
+      instances.main.backup.restic.enable = true;
+    };
+    badName = assertionFailures {
+      instances."my db" = { };
+    };
+  };
+}
