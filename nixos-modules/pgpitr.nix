@@ -154,7 +154,7 @@ let
         databases = mkOption {
           type = types.attrsOf (types.submodule databaseModule);
           default = { };
-          description = "Databases created and kept in shape by postgresql-database-provisioning-<name>.service (pending schema support, see docs/nixos.md).";
+          description = "Databases created and kept in shape by postgresql-database-provisioning-<name>.service.";
         };
         provision.waitTimeoutSeconds = mkOption {
           type = types.nullOr types.ints.positive;
@@ -207,7 +207,7 @@ let
             (k: mkOption {
               type = types.nullOr types.ints.positive;
               default = null;
-              description = "Retention rule `${k}` applied by walprune (pending schema support). Setting any rule creates postgresql-walprune-<name>.{service,timer}.";
+              description = "Retention rule `${k}` applied by walprune. Setting any rule creates postgresql-walprune-<name>.{service,timer}.";
             });
           walprune.schedule = mkOption {
             type = types.str;
@@ -229,7 +229,7 @@ let
             };
           };
           restic = {
-            enable = mkEnableOption "off-site copies with restic (pgpitr-offsite-<name>), pending schema support";
+            enable = mkEnableOption "off-site copies with restic (pgpitr-offsite-<name>)";
             repository = mkOption {
               type = types.nullOr types.str;
               default = null;
@@ -279,7 +279,7 @@ let
         };
 
         zfs = {
-          enable = mkEnableOption "ZFS datasets for data and WAL archive (pending schema support)";
+          enable = mkEnableOption "ZFS datasets for data and WAL archive";
           dataDataset = mkOption {
             type = types.nullOr types.str;
             default = null;
@@ -292,11 +292,19 @@ let
             example = "tank/postgresql/main-wal";
             description = "Dataset mounted at the WAL archive folder.";
           };
-          properties = mkOption {
-            type = types.attrsOf types.str;
-            default = { };
-            example = { recordsize = "128K"; compression = "off"; };
-            description = "ZFS properties pgpitr keeps on the datasets.";
+          properties = {
+            data = mkOption {
+              type = types.attrsOf types.str;
+              default = { };
+              example = { compression = "zstd"; };
+              description = "ZFS properties of the data dataset, over pgpitr's defaults (recordsize=8K compression=lz4 atime=off xattr=sa logbias=latency).";
+            };
+            wal = mkOption {
+              type = types.attrsOf types.str;
+              default = { };
+              example = { recordsize = "1M"; };
+              description = "ZFS properties of the WAL archive dataset, over pgpitr's defaults (recordsize=128K compression=lz4 atime=off logbias=throughput).";
+            };
           };
         };
 

@@ -43,7 +43,7 @@ let
 
   # Keys the NixOS module can write that the Rust schema of this branch does not know yet.
   # They are emitted only when the matching option is used (see `pendingKeysOf`).
-  pendingSchemaKeys = [ "retention" "databases" "provision" "offsite" "zfs" ];
+  pendingSchemaKeys = [ ];
 
   # The folders and settings every instance gets unless its definition says otherwise.
   # The module uses these as its option defaults, so there is one place for them.
@@ -109,7 +109,7 @@ let
       enable = false;
       dataDataset = null;
       walDataset = null;
-      properties = { };
+      properties = { data = { }; wal = { }; };
     };
     onFailure = [ ];
   };
@@ -188,7 +188,7 @@ let
       }
       // optionalAttrs monitoring { metrics = { textfile_dir = textfileDir; }; }
       // optionalAttrs (i.healthCheck.settings != { }) { health = i.healthCheck.settings; }
-      # Pending schema support (see docs/nixos.md): only when the option is used.
+      # Sections written only when their options are used (see docs/nixos.md).
       // optionalAttrs hasRetention { retention = nonNull retention; }
       // optionalAttrs hasDatabases {
         databases = mapAttrs (_: d: nonNull {
@@ -216,7 +216,8 @@ let
         zfs = nonNull {
           data_dataset = i.zfs.dataDataset;
           wal_dataset = i.zfs.walDataset;
-          properties = if i.zfs.properties == { } then null else i.zfs.properties;
+          data_properties = if (i.zfs.properties.data or { }) == { } then null else i.zfs.properties.data;
+          wal_properties = if (i.zfs.properties.wal or { }) == { } then null else i.zfs.properties.wal;
         };
       };
 

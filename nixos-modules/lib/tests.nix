@@ -94,7 +94,7 @@ let
         enable = true;
         dataDataset = "tank/pg/pending";
         walDataset = "tank/pg/pending-wal";
-        properties = { recordsize = "128K"; };
+        properties = { wal = { recordsize = "128K"; }; };
       };
       onFailure = [ "page-oncall.service" ];
     };
@@ -108,7 +108,7 @@ in
     main = case { name = "main"; instance = instances.main; contract = true; };
     full = case { name = "full"; instance = instances.full; contract = true; };
     legacy = case { name = "legacy"; instance = instances.legacy; contract = true; pgMajor = "15"; p = paths15; };
-    pending = case { name = "pending"; instance = instances.pending; contract = false; };
+    pending = case { name = "pending"; instance = instances.pending; contract = true; };
   };
   pendingSchemaKeys = pgpitrLib.pendingSchemaKeys;
 

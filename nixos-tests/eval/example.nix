@@ -47,7 +47,7 @@
         enable = true;
         dataDataset = "tank/postgresql/main";
         walDataset = "tank/postgresql/main-wal";
-        properties = { recordsize = "128K"; };
+        properties = { wal = { recordsize = "128K"; }; };
       };
       onFailure = [ "notify-admin@%n.service" ];
     };

@@ -56,7 +56,7 @@ pub struct Config {
     pub encryption: Option<EncryptionConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub pgpitr: ToolsConfig,
     #[serde(default)]
     pub health: HealthConfig,
@@ -69,7 +69,7 @@ pub struct Config {
     /// Databases `provision-dbs` makes the server match, keyed by database name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub databases: BTreeMap<String, DatabaseConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub provision: ProvisionConfig,
     /// Which base backups walprune keeps; WAL retention follows from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,6 +361,10 @@ fn default_min_free_percent() -> f64 {
 }
 fn default_connect_timeout() -> u64 {
     5
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_data_dir() -> PathBuf {
