@@ -64,7 +64,7 @@ let
     ++ map (u: "example: no systemd.services.${u}") (missing expectUnits example.systemd.services)
     ++ map (u: "example: no systemd.timers.${u}") (missing expectTimers example.systemd.timers)
     ++ map (f: "example: no environment.etc.${f}") (missing [ "pgpitr/main.json" "pgpitr/legacy.json" "pgpitr/main/postgresql.conf" ] example.environment.etc)
-    ++ lib.optional (!(lib.hasInfix "/postgresql-15.8/bin/postgres" example.systemd.services.postgresql-legacy.serviceConfig.ExecStart))
+    ++ lib.optional (!(lib.hasInfix "-postgresql-15.8/bin/postgres" example.systemd.services.postgresql-legacy.serviceConfig.ExecStart))
       "example: legacy does not run PostgreSQL 15";
 
   # Each assertion: a configuration that must fail it, with a piece of the expected message.
