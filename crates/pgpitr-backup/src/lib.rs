@@ -167,6 +167,7 @@ pub fn take(config: &Config, progress: &mut dyn FnMut(&str)) -> Result<BackupInf
     let id = new_id(&config.backup.dir);
     let dir = config.backup.dir.join(&id);
     fs::create_dir(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    pgpitr_durable::sync_dir(&config.backup.dir)?;
     // Whatever happens from here, a failed run removes its folder; a killed run leaves a
     // folder without backup.json, which is never counted.
     let guard = RemoveOnDrop(Some(dir.clone()));

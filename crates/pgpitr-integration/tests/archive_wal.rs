@@ -99,6 +99,14 @@ fn repeated_foreign_truncated_and_renamed_pushes() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("renamed"), "{}", r.stderr);
 
+    // A mistyped restore_command stops recovery (fatal exit code), it is not "not archived".
+    let r = Run::from(
+        Command::new(c.tools.join("restore-wal"))
+            .arg("--bogus")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 126, "{}", r.stderr);
     // restore-wal for a file that is not archived: exit 1, quietly.
     let r = c.tool(
         "restore-wal",

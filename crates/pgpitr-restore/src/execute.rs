@@ -313,6 +313,7 @@ fn follow_replay(
         .max(start + 1);
     let began = Instant::now();
     let mut last_line = String::new();
+    let mut ready_since: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(300));
         if !ctl.is_running() {
@@ -333,7 +334,22 @@ fn follow_replay(
                 log_file.display()
             )));
         }
-        let Ok(mut c) = ep.connect("postgres") else {
+        let conn = ep.connect("postgres");
+        if let Err(e) = &conn {
+            // The server says it accepts connections but we cannot get in (authentication,
+            // socket folder): say so instead of waiting for ever.
+            let log = fs::read_to_string(log_file).unwrap_or_default();
+            if log.contains("ready to accept") {
+                let since = *ready_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    return Err(RestoreError::Recovery(format!(
+                        "PostgreSQL accepts connections but pgpitr cannot connect: {e}. The restored server is running in {}; check its pg_hba.conf allows postgres.user over the socket, then stop it with pg_ctl",
+                        ctl.data_dir.display()
+                    )));
+                }
+            }
+        }
+        let Ok(mut c) = conn else {
             if progress {
                 let l = format!(
                     "\r  replaying WAL up to a consistent state ... {:.0} s",

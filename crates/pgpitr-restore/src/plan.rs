@@ -132,6 +132,12 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
         })?,
     };
 
+    if let Some(f) = chosen.files.iter().find(|f| f.original != "base.tar") {
+        return Err(RestoreError::Refused(format!(
+            "backup {} has tablespace archive {}: restoring tablespaces is not supported yet (nothing was changed)",
+            chosen.id, f.original
+        )));
+    }
     // WAL after the backup's own (pg_basebackup -X fetch puts start..stop into the backup).
     let seg = inv.seg_size;
     let stop_seg = chosen.stop_lsn.segno(seg);

@@ -352,6 +352,14 @@ impl Store {
 
     /// Restores `name` into `dest` atomically. `Ok(false)` when it is not archived.
     pub fn fetch(&self, name: &WalName, decoder: &Decoder, dest: &Path) -> Result<bool> {
+        // "Not archived" would let PostgreSQL end recovery early: an archive that is not
+        // there at all (unmounted, wrong path) is an error, not an empty archive.
+        if !self.dir.is_dir() {
+            return Err(WalError::Invalid(format!(
+                "archive.dir {} does not exist (is its file system mounted?)",
+                self.dir.display()
+            )));
+        }
         let Some(obj) = self.find(name)? else {
             return Ok(false);
         };
@@ -531,6 +539,14 @@ mod tests {
             "{err}"
         );
         assert!(!d.path().join("not-mounted").exists());
+        let err = s
+            .fetch(
+                &WalName::segment(1, 5, SEG),
+                &Decoder::plain(),
+                &d.path().join("x"),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("mounted"), "{err}");
     }
 
     #[test]

@@ -29,8 +29,25 @@ struct Cli {
 const FATAL: u8 = 126;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     init_logging();
+    // A mistyped restore_command must stop recovery, not read as "not archived" (clap's
+    // usage error is exit 2, which PostgreSQL would take for a missing file).
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "restore-wal: error: {}",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(FATAL);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let Some(name) = WalName::parse(&cli.name) else {
         return ExitCode::from(1);
     };
