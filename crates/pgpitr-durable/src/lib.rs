@@ -136,6 +136,20 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     f.sync_all().map_err(|e| DurableError::io("fsync", dir, e))
 }
 
+/// Writes `bytes` to `dest` atomically (temp file, fsync, rename) without fsyncing the
+/// folder: for files a crash may roll back to their previous version but must never show
+/// half-written (metrics, caches). One fsync instead of two on hot paths.
+pub fn write_replace_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent_dir(dest);
+    let mut tmp = TempFile::new_in(dir, &file_hint(dest), mode)?;
+    tmp.file()
+        .write_all(bytes)
+        .map_err(|e| DurableError::io("write", dest, e))?;
+    tmp.sync()?;
+    let path = std::mem::take(&mut tmp.path);
+    fs::rename(&path, dest).map_err(|e| DurableError::io("rename", dest, e))
+}
+
 /// Writes `bytes` to `dest` durably, replacing what was there.
 pub fn write_replace(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = parent_dir(dest);

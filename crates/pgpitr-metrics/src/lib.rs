@@ -110,7 +110,7 @@ impl MetricsFile {
 
     /// Writes the file atomically (temp file in the same folder, fsync, rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        pgpitr_durable::write_replace(&self.path(dir), self.render().as_bytes(), 0o644)?;
+        pgpitr_durable::write_replace_atomic(&self.path(dir), self.render().as_bytes(), 0o644)?;
         Ok(())
     }
 }
@@ -133,9 +133,11 @@ impl JobState {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Saves the state atomically. It is a cache of counters: a crash may roll it back one
+    /// run (the next run rewrites it), never leave it half-written.
     pub fn save<T: Serialize>(&self, state: &T) -> Result<()> {
         let body = serde_json::to_vec(state).expect("state serialises");
-        pgpitr_durable::write_replace(&self.path, &body, 0o644)?;
+        pgpitr_durable::write_replace_atomic(&self.path, &body, 0o644)?;
         Ok(())
     }
 

@@ -100,6 +100,9 @@ impl Encoder {
                     .map_err(|e| WalError::io("zstd init", e))?;
                 z.include_checksum(true)
                     .map_err(|e| WalError::io("zstd init", e))?;
+                // Two workers: a 16 MiB segment compresses in about half the time on the
+                // PostgreSQL critical path; the output is still one standard zstd frame.
+                z.multithread(2).map_err(|e| WalError::io("zstd init", e))?;
                 io::copy(input, &mut z).map_err(|e| WalError::io("compress", e))?;
                 z.finish().map_err(|e| WalError::io("compress", e))?;
             }
