@@ -8,31 +8,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGMENTS=${SEGMENTS:-40}
-BIN=/usr/lib/postgresql/15/bin
+. bench/lib.sh
 for t in "$BIN/initdb" pgbackrest age-keygen /usr/bin/time; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y postgresql-15 pgbackrest age time" >&2; exit 1; }
 done
 cargo build --release -q -p archive-wal
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-work=$(mktemp -d /tmp/pgpitr-bench-archive.XXXXXX)
-chmod 755 "$work"
-cleanup() { as_pg "$BIN/pg_ctl" stop -D "$work/data" -m immediate >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-mkdir -p "$work/sock" "$work/segments" "$work/bin"
-cp target/release/archive-wal "$work/bin/"
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$work"
-
-echo "generating WAL with pgbench ..." >&2
-as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$work/sock'
-max_wal_size = '8GB'
+bench_cluster archive "max_wal_size = '8GB'
 wal_keep_size = '4GB'
 checkpoint_timeout = '1h'
-fsync = off
-CONF
-as_pg "$BIN/pg_ctl" start -D "$work/data" -l "$work/server.log" -w >/dev/null
+fsync = off"
+mkdir -p "$work/segments" "$work/bin"
+cp target/release/archive-wal "$work/bin/"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$work"
+echo "generating WAL with pgbench ..." >&2
 psql() { as_pg /usr/bin/psql -h "$work/sock" -U postgres -qAt "$@"; }
 start=$(psql -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
 # pgbench's initial load writes WAL fast; a short OLTP run adds the usual record mix.

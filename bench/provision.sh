@@ -3,18 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${DATABASES:-200}
-BIN=/usr/lib/postgresql/15/bin
+. bench/lib.sh
 cargo build --release -q -p provision-dbs
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-work=$(mktemp -d /tmp/pgpitr-bench-provision.XXXXXX)
-chmod 755 "$work"
-cleanup() { as_pg "$BIN/pg_ctl" stop -D "$work/data" -m immediate >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-mkdir -p "$work/sock"
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$work"
-as_pg "$BIN/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
-printf "listen_addresses = ''\nunix_socket_directories = '%s'\n" "$work/sock" >> "$work/data/postgresql.conf"
-as_pg "$BIN/pg_ctl" start -D "$work/data" -l "$work/server.log" -w >/dev/null
+bench_cluster provision
 {
   echo 'instance = "bench"'
   echo '[postgres]'; echo "socket_dir = \"$work/sock\""
