@@ -150,6 +150,19 @@ pub fn write_replace_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> 
     fs::rename(&path, dest).map_err(|e| DurableError::io("rename", dest, e))
 }
 
+/// Writes `bytes` to `dest` atomically (temp file, rename) with no fsync at all: readers see
+/// the old or the new content, never half; after a crash the file may be empty or old. Only
+/// for caches that are rebuilt when unreadable.
+pub fn write_replace_cache(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent_dir(dest);
+    let mut tmp = TempFile::new_in(dir, &file_hint(dest), mode)?;
+    tmp.file()
+        .write_all(bytes)
+        .map_err(|e| DurableError::io("write", dest, e))?;
+    let path = std::mem::take(&mut tmp.path);
+    fs::rename(&path, dest).map_err(|e| DurableError::io("rename", dest, e))
+}
+
 /// Writes `bytes` to `dest` durably, replacing what was there.
 pub fn write_replace(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = parent_dir(dest);

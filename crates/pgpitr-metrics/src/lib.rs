@@ -133,11 +133,12 @@ impl JobState {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Saves the state atomically. It is a cache of counters: a crash may roll it back one
-    /// run (the next run rewrites it), never leave it half-written.
+    /// Saves the state atomically but without fsync: it is a cache of counters on a hot path.
+    /// After a crash it may be old or unreadable; an unreadable state starts afresh (counters
+    /// restart, which Prometheus treats as a counter reset; archive-wal recounts its objects).
     pub fn save<T: Serialize>(&self, state: &T) -> Result<()> {
         let body = serde_json::to_vec(state).expect("state serialises");
-        pgpitr_durable::write_replace_atomic(&self.path, &body, 0o644)?;
+        pgpitr_durable::write_replace_cache(&self.path, &body, 0o644)?;
         Ok(())
     }
 
