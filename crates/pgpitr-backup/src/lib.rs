@@ -44,22 +44,15 @@ pub enum BackupError {
     Wal(#[from] pgpitr_wal::WalError),
     #[error(transparent)]
     Durable(#[from] pgpitr_durable::DurableError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pgpitr_durable::IoError),
     #[error("backup {id} failed verification: {message}")]
     Verify { id: String, message: String },
     #[error("{0}")]
     Invalid(String),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
-    let what = what.into();
-    move |source| BackupError::Io { what, source }
-}
+use pgpitr_durable::io_context as io_err;
 
 pub type Result<T> = std::result::Result<T, BackupError>;
 
@@ -117,7 +110,7 @@ pub fn catalog(backup_dir: &Path) -> Result<Vec<BackupInfo>> {
     let rd = match fs::read_dir(backup_dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(format!("list {}", backup_dir.display()))(e)),
+        Err(e) => return Err(io_err(format!("list {}", backup_dir.display()))(e).into()),
     };
     for ent in rd {
         let ent = ent.map_err(io_err(format!("list {}", backup_dir.display())))?;

@@ -22,22 +22,15 @@ pub enum DemoError {
     Backup(#[from] pgpitr_backup::BackupError),
     #[error(transparent)]
     Restore(#[from] pgpitr_restore::RestoreError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pgpitr_durable::IoError),
     #[error("{0}")]
     Failed(String),
 }
 
 type Result<T> = std::result::Result<T, DemoError>;
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
-    let what = what.into();
-    move |source| DemoError::Io { what, source }
-}
+use pgpitr_durable::io_context as io_err;
 
 pub struct DemoOptions {
     /// Keep the temporary folder (and print where it is).
@@ -361,7 +354,8 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .open(path)
         .map_err(io_err(format!("open {}", path.display())))?;
     f.write_all(text.as_bytes())
-        .map_err(io_err(format!("write {}", path.display())))
+        .map_err(io_err(format!("write {}", path.display())))?;
+    Ok(())
 }
 
 /// Waits until pg_stat_archiver reports `segment` (or a later one) archived.

@@ -41,6 +41,22 @@ impl DurableError {
 
 type Result<T> = std::result::Result<T, DurableError>;
 
+/// An I/O error with what was being done, shared by every library's error type
+/// (`#[error(transparent)] Io(#[from] IoError)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct IoError {
+    pub what: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// `.map_err(io_context("read backup.json"))?`: names what failed.
+pub fn io_context(what: impl Into<String>) -> impl FnOnce(io::Error) -> IoError {
+    let what = what.into();
+    move |source| IoError { what, source }
+}
+
 /// A file being written in `dir` under a temporary name. Dropped without `publish`, it is removed.
 pub struct TempFile {
     path: PathBuf,

@@ -24,22 +24,15 @@ pub enum OffsiteError {
     Durable(#[from] pgpitr_durable::DurableError),
     #[error(transparent)]
     Pg(#[from] pgpitr_pg::PgError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pgpitr_durable::IoError),
     #[error("{0}")]
     Refused(String),
 }
 
 pub type Result<T> = std::result::Result<T, OffsiteError>;
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OffsiteError {
-    let what = what.into();
-    move |source| OffsiteError::Io { what, source }
-}
+use pgpitr_durable::io_context as io_err;
 
 /// What `offsite-sync` copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,5 +431,6 @@ fn move_out(tmp: &Path, original: &str, dest: &Path) -> Result<()> {
         "move {} to {}",
         src.display(),
         dest.display()
-    )))
+    )))?;
+    Ok(())
 }

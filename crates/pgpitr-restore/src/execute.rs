@@ -103,7 +103,7 @@ pub fn check_target_dir(into: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("read {}", into.display()))(e)),
+        Err(e) => Err(io_err(format!("read {}", into.display()))(e).into()),
     }
 }
 

@@ -22,12 +22,8 @@ pub enum RestoreError {
     Pg(#[from] pgpitr_pg::PgError),
     #[error(transparent)]
     Durable(#[from] pgpitr_durable::DurableError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pgpitr_durable::IoError),
     /// The request cannot be satisfied; nothing was changed.
     #[error("{0}")]
     Refused(String),
@@ -38,7 +34,4 @@ pub enum RestoreError {
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
 
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
-    let what = what.into();
-    move |source| RestoreError::Io { what, source }
-}
+pub(crate) use pgpitr_durable::io_context as io_err;

@@ -29,20 +29,13 @@ pub enum RetentionError {
     Wal(#[from] pgpitr_wal::WalError),
     #[error(transparent)]
     Backup(#[from] pgpitr_backup::BackupError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] pgpitr_durable::IoError),
 }
 
 pub type Result<T> = std::result::Result<T, RetentionError>;
 
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RetentionError {
-    let what = what.into();
-    move |source| RetentionError::Io { what, source }
-}
+pub(crate) use pgpitr_durable::io_context as io_err;
 
 #[derive(Debug, Serialize)]
 pub struct PrunePlan {
