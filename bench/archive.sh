@@ -83,10 +83,12 @@ count=$(wc -l < "$work/list")
 ROUNDS=${ROUNDS:-3}
 variants="zstd metrics age pgbackrest"
 declare -A best peakrss
-# Rounds interleave the variants and each keeps its best time: fsync latency on shared or
+# Rounds interleave the variants (in a rotating order) and each keeps its best time: fsync latency on shared or
 # virtual disks varies from one second to the next, and this way every variant sees the same.
 for round in $(seq 1 "$ROUNDS"); do
-  for v in $variants; do
+  # Rotate the order each round so no variant always follows the same one's writeback.
+  order=$(echo $variants | tr ' ' '\n' | awk -v r="$round" '{a[NR]=$0} END {for (i=0;i<NR;i++) print a[(i+r-1)%NR+1]}')
+  for v in $order; do
     if [ "$v" = pgbackrest ]; then
       find "$work/pgbr/archive" -mindepth 3 -maxdepth 3 -type d -name '0000000*' -exec rm -rf {} +
     else
@@ -107,4 +109,4 @@ for v in $variants; do
   esac
   printf '%-34s %9.2f %9.1f %9.2f %12.1f\n' "$label" "${best[$v]}" "$(echo "$count / ${best[$v]}" | bc -l)" "$(echo "$raw / $(stored "$dir")" | bc -l)" "$(echo "${peakrss[$v]} / 1024" | bc -l)"
 done
-echo "(best of $ROUNDS interleaved rounds; one process per segment, as archive_command runs)"
+echo "(best of $ROUNDS rounds, variants interleaved in rotating order; one process per segment, as archive_command runs)"
