@@ -74,6 +74,9 @@ pub struct Config {
     /// Which base backups walprune keeps; WAL retention follows from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionConfig>,
+    /// Restore drills (`pgpitr drill`) and the heartbeat they measure the RPO with.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub drill: DrillConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -313,6 +316,62 @@ pub struct ZfsConfig {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub wal_properties: std::collections::BTreeMap<String, String>,
 }
+
+// --- [drill]: restore drills (issue 13) ---
+
+/// Restore drills: `pgpitr drill` restores into `scratch_dir` on `port`, checks the copy,
+/// and removes it; `healthcheck` keeps the heartbeat row the drill measures the RPO with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Folder the drill owns: the restored copy goes to `<scratch_dir>/data` (and offsite
+    /// downloads to `<scratch_dir>/staging`). Default `/var/lib/pgpitr/<instance>/drill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Port of the scratch server (socket in postgres.socket_dir). Default postgres.port + 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `healthcheck` writes the heartbeat row (`pgpitr.heartbeat` in database `postgres`).
+    #[serde(default = "default_true")]
+    pub heartbeat: bool,
+    /// How often healthcheck runs (its timer), i.e. how old the heartbeat may be.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_seconds: u64,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            scratch_dir: None,
+            port: None,
+            heartbeat: true,
+            heartbeat_interval_seconds: default_heartbeat_interval(),
+        }
+    }
+}
+
+impl DrillConfig {
+    pub fn scratch_dir(&self, instance: &str) -> PathBuf {
+        self.scratch_dir.clone().unwrap_or_else(|| {
+            PathBuf::from("/var/lib/pgpitr")
+                .join(instance)
+                .join("drill")
+        })
+    }
+    pub fn port(&self, instance_port: u16) -> u16 {
+        self.port
+            .unwrap_or_else(|| instance_port.wrapping_add(10000))
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_heartbeat_interval() -> u64 {
+    300
+}
+
+// --- end [drill] ---
 
 /// Thresholds of `healthcheck`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

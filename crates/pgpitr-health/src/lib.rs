@@ -75,6 +75,9 @@ pub fn run(cfg: &Config) -> Report {
         Ok(mut db) => {
             checks.push(Check::pass("server", "answers"));
             checks.extend(server_checks(cfg, &mut db, &store));
+            if cfg.drill.heartbeat {
+                checks.push(heartbeat(cfg, &mut db));
+            }
         }
     }
     checks.push(backup_age(cfg));
@@ -187,6 +190,25 @@ fn server_checks(cfg: &Config, db: &mut pgpitr_pg::Client, store: &Store) -> Vec
         Err(e) => Check::fail("system_identifier", e.to_string(), format!("check {archive_dir}/archive.json")),
     });
     out
+}
+
+/// Rewrites the heartbeat row restore drills measure the RPO with (never in recovery).
+fn heartbeat(cfg: &Config, db: &mut pgpitr_pg::Client) -> Check {
+    match pgpitr_pg::heartbeat::beat(db) {
+        Ok(Some(b)) => Check::pass(
+            "heartbeat",
+            format!("{} set to {} at lsn {}", pgpitr_pg::heartbeat::TABLE, b.at.to_rfc3339(), b.lsn),
+        ),
+        Ok(None) => Check::pass("heartbeat", "server is in recovery: heartbeat not written"),
+        Err(e) => Check::fail(
+            "heartbeat",
+            format!("cannot write {}: {e}", pgpitr_pg::heartbeat::TABLE),
+            format!(
+                "let postgres.user ({:?}) create schema pgpitr in database postgres, or turn the heartbeat off with drill.heartbeat = false (drills then cannot measure the RPO)",
+                cfg.postgres.user
+            ),
+        ),
+    }
 }
 
 fn backup_age(cfg: &Config) -> Check {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub use postgres::Client;
 
+pub mod heartbeat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error("PostgreSQL binaries not found ({searched}). Install them with `apt-get install postgresql-15` (Debian/Ubuntu) or set postgres.bin_dir in the config")]

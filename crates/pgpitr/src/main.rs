@@ -88,6 +88,22 @@ enum Cmd {
     /// Work with the instance config file itself.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Restore drill: restore into drill.scratch_dir on drill.port, check the copy (target,
+    /// promotion, connections, pg_amcheck, heartbeat), record the result, remove the copy.
+    Drill {
+        /// random, latest, or any target `restore --to` accepts; without it drills alternate
+        /// between random and latest.
+        #[arg(long)]
+        to: Option<String>,
+        /// Restore from the local archive and backups or from the offsite restic copies alone.
+        #[arg(long, value_name = "SOURCE", value_parser = ["local", "offsite"], default_value = "local")]
+        from: String,
+        /// Leave the restored copy running for inspection (the next drill removes it).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,10 +227,17 @@ fn main() -> ExitCode {
             let inv = Inventory::load(&cfg, &decoder)?;
             let bins = Bins::discover(cfg.postgres.bin_dir.as_deref()).ok();
             let st = inv.status(bins.as_ref(), &decoder)?;
+            let drill = pgpitr_drill::last_drill(&cfg)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                let mut v = serde_json::to_value(&st)?;
+                v["last_drill"] = serde_json::to_value(&drill)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{st}");
+                match &drill {
+                    Some(d) => println!("{}", d.summary()),
+                    None => println!("no restore drill yet: run `pgpitr drill`"),
+                }
             }
             Ok(())
         }
@@ -326,6 +349,50 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{report}");
+            }
+            Ok(())
+        }
+        Cmd::Drill {
+            to,
+            from,
+            keep,
+            json,
+        } => {
+            let cfg = cli.config.load()?;
+            let opts = pgpitr_drill::DrillOptions {
+                to: to.clone(),
+                source: if from == "offsite" {
+                    pgpitr_drill::Source::Offsite
+                } else {
+                    pgpitr_drill::Source::Local
+                },
+                keep: *keep,
+                config_path: cli.config.path()?,
+                tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                progress: !*json && std::io::stderr().is_terminal(),
+            };
+            let rec = pgpitr_drill::run(&cfg, &opts, &mut |s| {
+                sd_notify(&format!("STATUS={s}"));
+                if !*json {
+                    eprintln!("pgpitr: {s}")
+                }
+            })?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                print!("{rec}");
+            }
+            if !rec.success {
+                let failed: Vec<String> = rec
+                    .failed_checks()
+                    .iter()
+                    .map(|c| format!("check {} failed: {}", c.check, c.detail))
+                    .collect();
+                anyhow::bail!(
+                    "drill failed: {} (history: {})",
+                    failed.join("; "),
+                    pgpitr_drill::history_path(&cfg).display()
+                );
             }
             Ok(())
         }
