@@ -15,7 +15,8 @@ pub const FILE: &str = "drills.jsonl";
 pub struct CheckResult {
     pub check: String,
     pub ok: bool,
-    /// The check did not run (turned off or an earlier step failed); never counted as passed.
+    /// The check did not run: because an earlier step failed (then `ok` is false), or
+    /// because it is turned off (`heartbeat` with drill.heartbeat = false; then `ok` is true).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
     pub detail: String,

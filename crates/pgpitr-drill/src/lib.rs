@@ -508,7 +508,8 @@ fn finish(
             ctx.skip(c, "not run: an earlier step failed");
         }
     }
-    let success = ctx.checks.iter().all(|c| c.ok && !c.skipped);
+    // A check not run because an earlier one failed has ok = false.
+    let success = ctx.checks.iter().all(|c| c.ok);
     let mut kept = None;
     if opts.keep && part.running {
         kept = Some(sc.data());
@@ -812,10 +813,15 @@ fn check_heartbeat(
     started: DateTime<Utc>,
 ) -> (Option<f64>, Option<DateTime<Utc>>) {
     if !cfg.drill.heartbeat {
-        ctx.skip(
-            "heartbeat",
-            "drill.heartbeat is off: the RPO is not measured",
-        );
+        // Turned off on purpose: not a failure, but visibly not measured.
+        ctx.checks.push(CheckResult {
+            check: "heartbeat".into(),
+            ok: true,
+            skipped: true,
+            detail: "drill.heartbeat is off: the RPO is not measured".into(),
+        });
+        ctx.warnings
+            .push("RPO not measured: drill.heartbeat is off".into());
         return (None, None);
     }
     let read = ep

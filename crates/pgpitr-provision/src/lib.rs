@@ -204,6 +204,14 @@ pub fn run(cfg: &Config, opts: &Options, say: &mut dyn FnMut(&str)) -> Result<Ou
         let mut c = ep.connect(name)?;
         execute_all(&mut c, &stmts, false, say, &mut count)?;
     }
+    if cfg.drill.heartbeat && !opts.dry_run {
+        // Restore drills measure the real RPO from the heartbeat healthcheck keeps here.
+        pgpitr_pg::heartbeat::ensure(&mut db)?;
+        say(&format!(
+            "heartbeat table {} present in database postgres (healthcheck writes it; restore drills measure the RPO from it)",
+            pgpitr_pg::heartbeat::TABLE
+        ));
+    }
     let (databases_total, undeclared) = undeclared(&mut db, &cfg.databases)?;
     for u in &undeclared {
         say(&format!("not declared (left alone): {u}"));
