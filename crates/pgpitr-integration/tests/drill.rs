@@ -482,7 +482,8 @@ fn refusals_and_a_killed_drill_is_cleaned_up_by_the_next() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(c.root.join("drill/data").exists());
 
-    let (r, rec) = drill(&c, &cfgp, &["--to", "latest"]);
+    // The next drill (kept running this time) cleans that up first.
+    let (r, rec) = drill(&c, &cfgp, &["--to", "latest", "--keep"]);
     let rec = rec.unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
     assert_eq!(rec["success"], true, "{rec}\n{}", r.stderr);
     let warnings = rec["warnings"].to_string();
@@ -490,8 +491,28 @@ fn refusals_and_a_killed_drill_is_cleaned_up_by_the_next() {
         warnings.contains("cleaned up after an earlier drill"),
         "{rec}"
     );
-    assert!(!c.root.join("drill/data").exists());
-    assert!(!c.cfg.postgres.socket_dir.join(".s.PGSQL.5433").exists());
+    assert_eq!(
+        rec["kept"].as_str().unwrap(),
+        c.root.join("drill/data").to_str().unwrap()
+    );
+    // The kept copy is read-only and does not archive.
+    let mut scratch = c.connect(5433);
+    let ro: String = scratch
+        .query_one("SHOW default_transaction_read_only", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ro, "on");
+    let archive_mode: String = scratch.query_one("SHOW archive_mode", &[]).unwrap().get(0);
+    assert_eq!(archive_mode, "off");
+    let e = scratch
+        .execute("INSERT INTO t (tag) VALUES ('write')", &[])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("read-only") || format!("{e:?}").contains("read-only"),
+        "{e:?}"
+    );
+    drop(scratch);
+    c.stop_server(&c.root.join("drill/data"));
 }
 
 #[test]
