@@ -513,6 +513,20 @@ fn refusals_and_a_killed_drill_is_cleaned_up_by_the_next() {
     );
     drop(scratch);
     c.stop_server(&c.root.join("drill/data"));
+
+    // The heartbeat can be turned off: healthcheck then leaves the row alone.
+    let read_beat = |db: &mut pgpitr_pg::Client| -> std::time::SystemTime {
+        db.query_one("SELECT at FROM pgpitr.heartbeat", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = read_beat(&mut db);
+    let mut off = cfg.clone();
+    off.drill.heartbeat = false;
+    let p = c.write_config(&off, "heartbeat-off.toml");
+    let r = c.tool_with(&p, "healthcheck", &["--json"]);
+    assert!(!r.stdout.contains("\"heartbeat\""), "{}", r.stdout);
+    assert_eq!(read_beat(&mut db), before);
 }
 
 #[test]
