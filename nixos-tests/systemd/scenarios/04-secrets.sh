@@ -1,0 +1,26 @@
+# Secrets: the source files are root-only and the jobs got them through LoadCredential=;
+# neither the postgres uid nor a superuser's pg_read_file() reaches them, and the server's
+# mount namespace has no /run/credentials at all.
+scenario_secrets() {
+  local f=/etc/pgpitr-rig-secrets/restic-password
+  if ct runuser -u postgres -- cat "$f" >/dev/null 2>&1; then fail "postgres can read $f"; fi
+  if psql_ct 5432 -c "select pg_read_file('$f')" >/dev/null 2>&1; then fail "pg_read_file reads $f"; fi
+  grep -q '/run/credentials/pgpitr-offsite-main.service/restic-password' "$ROOT/etc/pgpitr/main.json" \
+    || fail "main.json does not point at the credential"
+  if grep -q '/etc/pgpitr-rig-secrets' "$ROOT/etc/pgpitr/main.json"; then fail "main.json names the secret source"; fi
+  local pid
+  pid="$(ctl show -p MainPID --value postgresql-main.service)"
+  if nsenter -t "$pid" -m ls /run/credentials >/dev/null 2>&1; then
+    fail "the server's mount namespace can list /run/credentials"
+  fi
+  # While a job runs, its credential exists (and the server still cannot see it).
+  ctl start --no-block pgpitr-offsite-main.service
+  if psql_ct 5432 -c "select pg_read_file('/run/credentials/pgpitr-offsite-main.service/restic-password')" >/dev/null 2>&1; then
+    fail "pg_read_file reads the off-site credential"
+  fi
+  # The provisioning job read the owner password from its credential: app can log in.
+  local pw
+  pw="$(cat "$ROOT/etc/pgpitr-rig-secrets/app-password")"
+  ct env PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -X -At -h 127.0.0.1 -p 5432 -U app -d app -c 'select 1' >/dev/null \
+    || fail "app cannot log in with its provisioned password"
+}
