@@ -34,7 +34,10 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 if [ -f "$root/.pgpitr-rig-ready" ]; then echo "$root"; exit 0; fi
-rm -rf "$root.tmp" "$cache"/rootfs-v*[!.tmp] 2>/dev/null || true
+# Older versions of the root file system (and a half-built one) go.
+for d in "$cache"/rootfs-v*; do
+  [ -e "$d" ] && rm -rf "$d"
+done
 start=$(date +%s)
 echo "rig: building the root file system in $root (debootstrap bookworm, about 2-3 minutes)" >&2
 debootstrap --variant=minbase --include="$INCLUDE" bookworm "$root.tmp" "$MIRROR" >&2
