@@ -397,6 +397,8 @@ let
       pgpitr = "${cfg.package}";
       postgresql = "${i.package}";
       restic = "${cfg.resticPackage}";
+      # Only read by the ZFS unit (zfs.enable).
+      zfs = if config.boot ? zfs then "${config.boot.zfs.package}" else null;
     };
   }) enabled;
 

@@ -6,7 +6,7 @@
 #
 # Packages enter as strings (store paths) in `paths`, so evaluating this file builds nothing:
 #   paths = { pgpitr = "/nix/store/...-pgpitr"; postgresql = "/nix/store/...-postgresql-16";
-#             restic = "/nix/store/...-restic"; };
+#             restic = "/nix/store/...-restic"; zfs = "/nix/store/...-zfs" (optional) };
 #
 # The Rust schema (crates/pgpitr-config/src/lib.rs) is the source of truth for the config
 # file. Keys in `pendingSchemaKeys` are emitted only when their option is used; see
@@ -556,6 +556,8 @@ let
           before = [ serverUnit ];
           requiredBy = [ serverUnit ];
           onFailure = i.onFailure;
+          # zfs(8) for pgpitr (NixOS units get coreutils, not the ZFS tools, in PATH).
+          path = optional ((paths.zfs or null) != null) paths.zfs;
           postStart = ''
             chown ${own} ${dataQ} ${escapeShellArg b.walArchive.dir}
             chmod 0700 ${dataQ} ${escapeShellArg b.walArchive.dir}

@@ -110,7 +110,11 @@ let
 
   # Issue 10: one definition per defect found under real systemd, so each fix is pinned here
   # (the rig in nixos-tests/systemd/ proves the same under systemd).
-  mk = name: instance: pgpitrLib.mkInstance { inherit name instance paths; pgMajor = "16"; };
+  mk = name: instance: pgpitrLib.mkInstance {
+    inherit name instance;
+    paths = paths // { zfs = "/nix/store/55555555555555555555555555555555-zfs-2.3.4"; };
+    pgMajor = "16";
+  };
   serverOf = name: instance: (mk name instance).services."postgresql-${name}";
   defects = {
     hba = (mk "main" { }).hbaText;

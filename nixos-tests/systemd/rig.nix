@@ -14,6 +14,7 @@ import ./render.nix {
     pgpitr = "/opt/pgpitr";
     postgresql = "/usr/lib/postgresql/15";
     restic = "/usr";
+    zfs = "/usr"; # zfs-fuse's zfs(8) is /usr/sbin/zfs
   };
   instances = {
     main = {

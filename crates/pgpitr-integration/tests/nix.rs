@@ -534,6 +534,11 @@ fn defects_found_under_real_systemd_stay_fixed() {
         zfs["serviceConfig"]["ExecStart"],
         "/nix/store/00000000000000000000000000000000-pgpitr-0.1.0/bin/pgpitr --config /etc/pgpitr/main.json zfs ensure --fix"
     );
+    assert_eq!(
+        strs(&zfs["path"]),
+        ["/nix/store/55555555555555555555555555555555-zfs-2.3.4"],
+        "zfs(8) in the ZFS unit's PATH"
+    );
     assert_eq!(strs(&zfs["before"]), ["postgresql-main.service"]);
     assert_eq!(strs(&zfs["requiredBy"]), ["postgresql-main.service"]);
     assert!(strs(&zfs["after"]).contains(&"zfs-mount.service".to_string()));

@@ -10,14 +10,24 @@ scenario_secrets() {
   if grep -q '/etc/pgpitr-rig-secrets' "$ROOT/etc/pgpitr/main.json"; then fail "main.json names the secret source"; fi
   local pid
   pid="$(ctl show -p MainPID --value postgresql-main.service)"
-  if nsenter -t "$pid" -m ls /run/credentials >/dev/null 2>&1; then
+  # $pid is a PID of the container's namespace: enter from inside it.
+  [ -n "$pid" ] && [ "$pid" != 0 ] || fail "postgresql-main has no main PID"
+  ct nsenter -t "$pid" -m true || fail "cannot enter the server's mount namespace"
+  if ct nsenter -t "$pid" -m ls /run/credentials >/dev/null 2>&1; then
     fail "the server's mount namespace can list /run/credentials"
   fi
-  # While a job runs, its credential exists (and the server still cannot see it).
+  # While a job runs, its credential exists and the server still cannot read it.
   ctl start --no-block pgpitr-offsite-main.service
-  if psql_ct 5432 -c "select pg_read_file('/run/credentials/pgpitr-offsite-main.service/restic-password')" >/dev/null 2>&1; then
-    fail "pg_read_file reads the off-site credential"
-  fi
+  local n seen=0
+  for ((n = 0; n < 50; n++)); do
+    ct test -e /run/credentials/pgpitr-offsite-main.service/restic-password && seen=1
+    if psql_ct 5432 -c "select pg_read_file('/run/credentials/pgpitr-offsite-main.service/restic-password')" >/dev/null 2>&1; then
+      fail "pg_read_file reads the off-site credential"
+    fi
+    [ "$(ctl is-active pgpitr-offsite-main.service)" = activating ] || break
+    sleep 0.1
+  done
+  [ "$seen" = 1 ] || fail "the off-site credential never appeared under /run/credentials"
   # The provisioning job read the owner password from its credential: app can log in.
   local pw
   pw="$(cat "$ROOT/etc/pgpitr-rig-secrets/app-password")"
