@@ -73,11 +73,11 @@ let
       sc = u.serviceConfig;
       triggers =
         optAttr ((u.restartTriggers or [ ]) != [ ]) "X-Restart-Triggers" (joined (map toString u.restartTriggers))
-        // optAttr ((u.reloadTriggers or [ ]) != [ ]) "X-Reload-Triggers" (joined (map toString u.reloadTriggers))
-        // optAttr (u ? restartIfChanged) "X-RestartIfChanged" u.restartIfChanged;
+        // optAttr ((u.reloadTriggers or [ ]) != [ ]) "X-Reload-Triggers" (joined (map toString u.reloadTriggers));
       text = unitSection u triggers + "\n"
         + section "Service" (
           { Environment = map (k: "\"${k}=${env.${k}}\"") (attrNames env); }
+          // optAttr ((u.restartIfChanged or true) == false) "X-RestartIfChanged" false
           // sc
           // optAttr (sc ? Environment) "Environment"
             (map (k: "\"${k}=${env.${k}}\"") (attrNames env) ++ map (e: "\"${e}\"") sc.Environment)
