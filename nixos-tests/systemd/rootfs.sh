@@ -43,6 +43,9 @@ echo "rig: building the root file system in $root (debootstrap bookworm, about 2
 debootstrap --variant=minbase --include="$INCLUDE" bookworm "$root.tmp" "$MIRROR" >&2
 mkdir -p "$root.tmp/etc/postgresql-common/createcluster.d"
 echo "create_main_cluster = false" >"$root.tmp/etc/postgresql-common/createcluster.d/pgpitr-rig.conf"
+# A throw-away root: dpkg need not fsync every file it unpacks.
+mkdir -p "$root.tmp/etc/dpkg/dpkg.cfg.d"
+echo force-unsafe-io >"$root.tmp/etc/dpkg/dpkg.cfg.d/pgpitr-rig-unsafe-io"
 # No daemons started by package scripts inside the chroot.
 printf '#!/bin/sh\nexit 101\n' >"$root.tmp/usr/sbin/policy-rc.d"
 chmod +x "$root.tmp/usr/sbin/policy-rc.d"
