@@ -10,6 +10,7 @@ let
 
   pgpitrLib = import ./lib { };
   cfg = config.services.pgpitr;
+  stateVersion = config.system.stateVersion or "25.11";
   enabled = lib.filterAttrs (_: i: i.enable) cfg.instances;
 
   # A path that must never enter the Nix store (secrets). nixpkgs >= 25.05 has
@@ -71,20 +72,37 @@ let
   };
 
   instanceModule = { name, config, ... }:
-    let d = pgpitrLib.defaults { inherit name; pgMajor = majorOf config.package; };
+    let
+      d = pgpitrLib.defaults { inherit name; pgMajor = majorOf config.package; };
+      # Like upstream services.postgresql: the default follows system.stateVersion, so a
+      # channel update never changes the major version under an existing cluster.
+      major =
+        if config.version != null then config.version
+        else pgpitrLib.defaultMajorFor stateVersion;
     in {
       options = {
         enable = mkEnableOption "this PostgreSQL instance with pgpitr archiving and backups" // {
           default = true;
         };
         version = mkOption {
-          type = types.nullOr (types.enum [ "13" "14" "15" "16" "17" "18" ]);
+          type = types.nullOr (types.enum pgpitrLib.supportedMajors);
           default = null;
           example = "16";
-          description = "PostgreSQL major version; picks `pkgs.postgresql_<version>` unless `package` is set.";
+          description = ''
+            PostgreSQL major version; picks `pkgs.postgresql_<version>` unless `package` is set.
+            When null, it follows `system.stateVersion` as upstream's services.postgresql does
+            (25.11: 17, 24.11: 16, 23.11: 15, 22.05: 14). A data folder initialised by another
+            major version is refused at start with both versions named.
+          '';
         };
-        package = mkPackageOption pkgs "postgresql" {
-          extraDescription = "Overridden by `version` when that is set.";
+        package = mkOption {
+          type = types.package;
+          default =
+            if major == null then
+              throw "services.pgpitr.instances.${name}: system.stateVersion ${stateVersion} predates every supported PostgreSQL default; set version (one of ${lib.concatStringsSep ", " pgpitrLib.supportedMajors})."
+            else pkgs."postgresql_${major}";
+          defaultText = literalExpression ''pkgs."postgresql_''${version, or the default of system.stateVersion}"'';
+          description = "The PostgreSQL package; its major version must match `version` when both are set.";
         };
         port = mkOption {
           type = types.port;
@@ -314,15 +332,56 @@ let
           example = [ "notify-admin@%n.service" ];
           description = "Units started when the server or any pgpitr job of this instance fails (OnFailure=).";
         };
-      };
 
-      config.package = mkIf (config.version != null) (lib.mkDefault pkgs."postgresql_${config.version}");
+        # The restore drill and preseed: their binaries and config sections are pending
+        # (pendingSchemaKeys in ./lib); nothing is written unless enabled.
+        drill = {
+          enable = mkEnableOption "a scheduled restore drill (postgresql-drill-<name>.{service,timer}, `pgpitr drill`)";
+          schedule = mkOption {
+            type = types.str;
+            default = "weekly";
+            description = "systemd OnCalendar= of postgresql-drill-<name>.timer.";
+          };
+          scratchDir = mkOption {
+            type = types.str;
+            default = d.drill.scratchDir;
+            description = "Folder the drill restores into (emptied by the drill).";
+          };
+          port = mkOption {
+            type = types.nullOr types.port;
+            default = null;
+            description = "Port of the throw-away restored server (drill.port).";
+          };
+          from = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "offsite";
+            description = "Where the drill restores from (drill.from).";
+          };
+        };
+        preseed = {
+          enable = mkEnableOption "preseeding an empty data folder before the first start (postgresql-preseed-<name>.service)";
+          methods = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [ "syncoid" "restore" ];
+            description = "Preseed methods tried in order (preseed.methods).";
+          };
+          syncoid.source = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "backup@old-host:tank/pg/main";
+            description = "syncoid source dataset (preseed.syncoid.source).";
+          };
+        };
+      };
     };
 
   # The option values handed to the plain-Nix lib (only what it reads).
   toLibInstance = i: {
     inherit (i) enable port dataDir sharedBuffers effectiveCacheSize workMem maintenanceWorkMem
-      maxConnections authentication initdbArgs onFailure healthCheck monitoring zfs provision;
+      maxConnections authentication initdbArgs onFailure healthCheck monitoring zfs provision
+      drill preseed;
     settings = builtins.removeAttrs i.settings [ "_module" ];
     databases = lib.mapAttrs (_: db: builtins.removeAttrs db [ "_module" ]) i.databases;
     backup = {
@@ -338,6 +397,8 @@ let
       pgpitr = "${cfg.package}";
       postgresql = "${i.package}";
       restic = "${cfg.resticPackage}";
+      # Only read by the ZFS unit (zfs.enable).
+      zfs = if config.boot ? zfs then "${config.boot.zfs.package}" else null;
     };
   }) enabled;
 
@@ -376,7 +437,12 @@ in
       pgMajors = lib.mapAttrs (_: i: majorOf i.package) enabled;
       inherit zfsSupported;
       storeDir = builtins.storeDir;
-    };
+      upstreamPostgresql = config.services.postgresql.enable or false;
+    }
+    ++ lib.mapAttrsToList (n: i: {
+      assertion = i.version == null || majorOf i.package == i.version;
+      message = "services.pgpitr.instances.${n}: version = \"${toString i.version}\" but package is PostgreSQL ${majorOf i.package}.";
+    }) enabled;
 
     users.users.postgres = {
       group = "postgres";
@@ -386,7 +452,9 @@ in
     };
     users.groups.postgres = { };
 
-    environment.systemPackages = [ cfg.package ];
+    # pgpitr and each instance's own psql/pg_dump (upstream does the same for its server).
+    environment.systemPackages = [ cfg.package ]
+      ++ lib.unique (lib.concatLists (lib.mapAttrsToList (n: _: [ enabled.${n}.package ]) built));
 
     environment.etc = lib.mkMerge (lib.mapAttrsToList (name: r:
       {

@@ -32,7 +32,7 @@
         status = json.loads(pgpitr(machine, name, "status --json"))
         assert status, f"{name}: empty status"
 
-    machine.succeed("test -d /var/lib/postgresql/15/old-wal-archive")
-    machine.succeed("test -d /var/lib/postgresql/17/new-wal-archive")
+    machine.succeed("test -d /var/lib/postgresql/old-wal-archive")
+    machine.succeed("test -d /var/lib/postgresql/new-wal-archive")
   '';
 }

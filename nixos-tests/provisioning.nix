@@ -18,8 +18,8 @@
       script = ''
         install -d -m 0755 /run/keys
         printf 's3cret' > /run/keys/app-db
-        chown postgres:postgres /run/keys/app-db
-        chmod 0600 /run/keys/app-db
+        # root-only: PID 1 hands it to the provisioning job (LoadCredential=).
+        chmod 0400 /run/keys/app-db
       '';
     };
 

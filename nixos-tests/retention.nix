@@ -22,7 +22,7 @@
     psql(machine, 5432, "CREATE TABLE t (day int)")
 
     def archive_files():
-        return int(machine.succeed("find /var/lib/postgresql/16/main-wal-archive -type f | wc -l").strip())
+        return int(machine.succeed("find /var/lib/postgresql/main-wal-archive -type f | wc -l").strip())
 
     for day in range(4):
         psql(machine, 5432, f"INSERT INTO t SELECT {day} FROM generate_series(1, 10000)")

@@ -19,3 +19,10 @@ cargo fmt --all -- --check
 cargo build --workspace --bins
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace
+# --- issue 10: the NixOS module's units under a real systemd -------------------------------
+# Renders the module's units, tmpfiles rules and configs from its plain-Nix core, boots them in
+# a Debian 12 systemd-nspawn container (root file system cached in /var/cache/pgpitr-rig, about
+# 2-3 minutes to build when missing) with the debug binaries built above, and runs the
+# lifecycle in nixos-tests/systemd/scenarios/. About 3 minutes with the cache.
+apt_install debootstrap systemd-container
+bash nixos-tests/systemd/run.sh

@@ -6,7 +6,7 @@
 #
 # Packages enter as strings (store paths) in `paths`, so evaluating this file builds nothing:
 #   paths = { pgpitr = "/nix/store/...-pgpitr"; postgresql = "/nix/store/...-postgresql-16";
-#             restic = "/nix/store/...-restic"; };
+#             restic = "/nix/store/...-restic"; zfs = "/nix/store/...-zfs" (optional) };
 #
 # The Rust schema (crates/pgpitr-config/src/lib.rs) is the source of truth for the config
 # file. Keys in `pendingSchemaKeys` are emitted only when their option is used; see
@@ -35,6 +35,47 @@ let
       else
         v) rhs;
   anyNonNull = a: builtins.any (v: v != null) (builtins.attrValues a);
+  # lib.escapeShellArg: one word for sh, whatever it contains.
+  escapeShellArg = s: "'" + replaceStrings [ "'" ] [ "'\\''" ] (toString s) + "'";
+  dirOf' = p: builtins.dirOf p;
+
+  # PostgreSQL majors nixpkgs 25.11 still ships (13 was removed).
+  supportedMajors = [ "14" "15" "16" "17" "18" ];
+  # The default major for a system.stateVersion, as upstream services.postgresql chooses it:
+  # a channel update never changes it, only a deliberate stateVersion or `version` change.
+  # null: stateVersion older than any supported default, so `version` must be set.
+  defaultMajorFor = stateVersion:
+    let atLeast = v: builtins.compareVersions stateVersion v >= 0;
+    in if atLeast "25.11" then "17"
+    else if atLeast "24.11" then "16"
+    else if atLeast "23.11" then "15"
+    else if atLeast "22.05" then "14"
+    else null;
+
+  # postgresql.conf settings that take effect only at server start (context "postmaster");
+  # changing one restarts the server, changing anything else reloads it.
+  restartSettings = [ "shared_buffers" "max_connections" "wal_level" "shared_preload_libraries"
+    "max_wal_senders" "max_replication_slots" "max_worker_processes" "max_prepared_transactions"
+    "max_locks_per_transaction" "max_pred_locks_per_transaction" "wal_buffers" "huge_pages"
+    "listen_addresses" "port" "unix_socket_directories" "archive_mode" "hba_file" "ident_file"
+    "data_directory" "max_files_per_process" "wal_log_hints" "track_commit_timestamp"
+    "autovacuum_max_workers" "superuser_reserved_connections" "shared_memory_type"
+    "dynamic_shared_memory_type" "cluster_name" "bonjour" "ssl_passphrase_command_supports_reload" ];
+
+  # Folders under which the module also declares the intermediate folders of its own paths
+  # (owned by postgres), so tmpfiles never meets a root-owned folder below a postgres-owned
+  # one ("unsafe path transition").
+  systemRoots = [ "/var/lib" "/var/backup" "/var/cache" "/srv" "/run" "/var" "/mnt" "/data" "/opt" ];
+  ancestorsBelowRoot = path:
+    let
+      root = builtins.head (filter (r: hasPrefix "${r}/" path) systemRoots ++ [ null ]);
+      up = p: if p == root || p == "/" || p == "." then [ ] else up (dirOf' p) ++ [ p ];
+    in
+    if root == null then [ ] else filter (p: p != path) (up path);
+
+  credentialsDir = "/run/credentials";
+  credentialId = s: if builtins.match "[A-Za-z0-9_.-]+" s != null then s
+    else substring 0 16 (hashString "sha256" s);
 
   configDir = "/etc/pgpitr";
   socketDir = "/run/postgresql";
@@ -43,7 +84,7 @@ let
 
   # Keys the NixOS module can write that the Rust schema of this branch does not know yet.
   # They are emitted only when the matching option is used (see `pendingKeysOf`).
-  pendingSchemaKeys = [ ];
+  pendingSchemaKeys = [ "drill" "preseed" ];
 
   # The folders and settings every instance gets unless its definition says otherwise.
   # The module uses these as its option defaults, so there is one place for them.
@@ -51,7 +92,9 @@ let
     enable = true;
     version = null;
     port = 5432;
-    dataDir = "/var/lib/postgresql/${pgMajor}/${name}";
+    # No major version in the default folders: a version change must meet the old cluster
+    # (and be refused by preStart), never an empty folder it would silently initdb.
+    dataDir = "/var/lib/postgresql/${name}";
     settings = { };
     sharedBuffers = null;
     effectiveCacheSize = null;
@@ -65,7 +108,7 @@ let
     backup = {
       walArchive = {
         enable = true;
-        dir = "/var/lib/postgresql/${pgMajor}/${name}-wal-archive";
+        dir = "/var/lib/postgresql/${name}-wal-archive";
         compression = "zstd";
         level = 3;
         retentionDays = null;
@@ -112,6 +155,19 @@ let
       properties = { data = { }; wal = { }; };
     };
     onFailure = [ ];
+    # Off by default; their config sections are pending schema keys (see pendingSchemaKeys).
+    drill = {
+      enable = false;
+      schedule = "weekly";
+      scratchDir = "/var/lib/pgpitr/${name}/drill";
+      port = null;
+      from = null;
+    };
+    preseed = {
+      enable = false;
+      methods = [ ];
+      syncoid = { source = null; };
+    };
   };
 
   # A partial instance definition filled with the defaults (idempotent on module values).
@@ -160,6 +216,22 @@ let
       hasDatabases = i.databases != { };
       restic = b.restic.enable;
       encrypted = b.encryption.recipients != [ ];
+      drill = i.drill.enable;
+      preseed = i.preseed.enable;
+
+      # Secrets reach the jobs through LoadCredential=: PID 1 reads the (root-only) files and
+      # hands a copy to the job under /run/credentials/<unit>/, which the server cannot see
+      # (InaccessiblePaths= below). The config file names those copies.
+      credPath = unitName: id: "${credentialsDir}/${unitName}.service/${id}";
+      offsiteCreds = optionals restic (
+        optional (b.restic.passwordFile != null) { id = "restic-password"; src = b.restic.passwordFile; }
+        ++ optional (b.restic.environmentFile != null) { id = "restic-environment"; src = b.restic.environmentFile; });
+      dbCredId = db: "owner-password-${credentialId db}";
+      provisionCreds = filter (c: c.src != null) (map (db: {
+        id = dbCredId db;
+        src = i.databases.${db}.ownerPasswordFile or null;
+      }) (attrNames i.databases));
+      loadCredential = creds: map (c: "${c.id}:${toString c.src}") creds;
 
       # ---- the instance config file (crates/pgpitr-config) ----
       configFile = {
@@ -191,9 +263,11 @@ let
       # Sections written only when their options are used (see docs/nixos.md).
       // optionalAttrs hasRetention { retention = nonNull retention; }
       // optionalAttrs hasDatabases {
-        databases = mapAttrs (_: d: nonNull {
+        databases = mapAttrs (dbName: d: nonNull {
           owner = d.owner or null;
-          owner_password_file = d.ownerPasswordFile or null;
+          owner_password_file =
+            if (d.ownerPasswordFile or null) == null then null
+            else credPath (unit "postgresql-database-provisioning") (dbCredId dbName);
           extensions = d.extensions or null;
           permissions = d.permissions or null;
           encoding = d.encoding or null;
@@ -208,8 +282,12 @@ let
       // optionalAttrs restic {
         offsite = nonNull {
           repository = b.restic.repository;
-          password_file = b.restic.passwordFile;
-          environment_file = b.restic.environmentFile;
+          password_file =
+            if b.restic.passwordFile == null then null
+            else credPath (unit "pgpitr-offsite") "restic-password";
+          environment_file =
+            if b.restic.environmentFile == null then null
+            else credPath (unit "pgpitr-offsite") "restic-environment";
         };
       }
       // optionalAttrs i.zfs.enable {
@@ -218,6 +296,21 @@ let
           wal_dataset = i.zfs.walDataset;
           data_properties = if (i.zfs.properties.data or { }) == { } then null else i.zfs.properties.data;
           wal_properties = if (i.zfs.properties.wal or { }) == { } then null else i.zfs.properties.wal;
+        };
+      }
+      # Pending schema keys (pendingSchemaKeys): written only when the option is used.
+      // optionalAttrs drill {
+        drill = nonNull {
+          scratch_dir = i.drill.scratchDir;
+          port = i.drill.port;
+          from = i.drill.from;
+        };
+      }
+      // optionalAttrs preseed {
+        preseed = nonNull {
+          methods = i.preseed.methods;
+          syncoid = if i.preseed.syncoid.source == null then null
+            else { source = i.preseed.syncoid.source; };
         };
       };
 
@@ -260,7 +353,13 @@ let
         local all all peer
         host  all all 127.0.0.1/32 scram-sha-256
         host  all all ::1/128      scram-sha-256
+        # pg_basebackup (base backups) connects for replication.
+        local replication all peer
+        host  replication all 127.0.0.1/32 scram-sha-256
+        host  replication all ::1/128      scram-sha-256
       '';
+      restartConf = renderConf (nonNull (mapAttrs (k: v: if elem k restartSettings then v else null) postgresqlConf));
+      reloadConf = renderConf (nonNull (mapAttrs (k: v: if elem k restartSettings then null else v) postgresqlConf));
 
       # ---- units ----
       unit = suffix: "${suffix}-${name}";
@@ -295,15 +394,19 @@ let
 
       # A timer-driven job. Ordered after the server but not Requires=: when the server is
       # down the job must run, fail and fire OnFailure=, not be skipped as a dependency.
-      job = { description, exec, rw, after ? [ serverUnit ], extra ? { }, serviceExtra ? { } }:
+      job = { description, exec, rw, after ? [ serverUnit ], extra ? { }, serviceExtra ? { }, creds ? [ ] }:
         {
           inherit description after;
           onFailure = i.onFailure;
+          # A running backup is never killed by a system switch; the next timer run uses the
+          # new unit.
+          restartIfChanged = false;
           serviceConfig = hardening rw // {
             Type = "oneshot";
             ExecStart = exec;
             NotifyAccess = "main";
-          } // serviceExtra;
+          } // optionalAttrs (creds != [ ]) { LoadCredential = loadCredential creds; }
+          // serviceExtra;
         } // extra;
 
       timer = service: schedule: {
@@ -316,29 +419,59 @@ let
         };
       };
 
+      dataQ = escapeShellArg i.dataDir;
+      # initdb only into an empty folder; a cluster of another major version is refused with
+      # both versions named (an upgrade is deliberate: pg_upgrade, then change `version`).
       initdb = ''
-        if [ ! -s ${i.dataDir}/PG_VERSION ]; then
-          if [ -n "$(ls -A ${i.dataDir})" ]; then
-            echo "${i.dataDir} is not empty and has no PG_VERSION: refusing to initdb over it" >&2
+        if [ -s ${dataQ}/PG_VERSION ]; then
+          found=$(cat ${dataQ}/PG_VERSION)
+          if [ "$found" != ${escapeShellArg pgMajor} ]; then
+            echo "pgpitr: ${i.dataDir} holds a PostgreSQL $found cluster but services.pgpitr.instances.${name} runs PostgreSQL ${pgMajor}: refusing to start. Set version = \"$found\" to keep using it, or upgrade it deliberately (pg_upgrade) first." >&2
             exit 1
           fi
-          ${pgBin}/initdb -D ${i.dataDir} -U ${osUser} --auth-local=peer --auth-host=scram-sha-256 ${concatStringsSep " " i.initdbArgs}
+        else
+          if [ -n "$(ls -A ${dataQ})" ]; then
+            echo "pgpitr: ${i.dataDir} is not empty and has no PG_VERSION: refusing to initdb over it" >&2
+            exit 1
+          fi
+          ${pgBin}/initdb -D ${dataQ} -U ${osUser} --auth-local=peer --auth-host=scram-sha-256 ${concatStringsSep " " (map escapeShellArg i.initdbArgs)}
         fi
       '';
+
+      zfsUnit = "${unit "pgpitr-zfs"}.service";
+      preseedUnit = "${unit "postgresql-preseed"}.service";
+      # Units the server needs before it starts: the datasets, then the preseeded data.
+      serverNeeds = optional i.zfs.enable zfsUnit ++ optional preseed preseedUnit;
 
       services = {
         ${server} = {
           description = "PostgreSQL ${pgMajor} server, instance ${name} (pgpitr)";
           wantedBy = [ "multi-user.target" ];
-          after = [ "network.target" ] ++ optional i.zfs.enable "zfs-mount.service";
-          requires = optional i.zfs.enable "zfs-mount.service";
+          after = [ "network.target" ] ++ serverNeeds;
+          requires = serverNeeds;
           onFailure = i.onFailure;
-          environment = { PGDATA = i.dataDir; };
+          environment = {
+            PGDATA = i.dataDir;
+            # OOMScoreAdjust= below protects the postmaster only: every backend it forks
+            # writes this value back, so the OOM killer still picks a runaway query first.
+            PG_OOM_ADJUST_FILE = "/proc/self/oom_score_adj";
+            PG_OOM_ADJUST_VALUE = "0";
+          };
           preStart = initdb;
-          reloadTriggers = [ (hashString "sha256" (postgresqlConfText + hbaText)) ];
-          restartTriggers = [ paths.postgresql ];
+          # Settings read only at server start restart it; the rest reload it.
+          reloadTriggers = [ (hashString "sha256" (reloadConf + hbaText)) ];
+          restartTriggers = [ paths.postgresql (hashString "sha256" restartConf) ];
+          # A crash loop must end in `failed` (and OnFailure=): 5 starts within 5 minutes
+          # at RestartSec=5s reach the limit after about 25 s.
+          unitConfig = {
+            StartLimitIntervalSec = 300;
+            StartLimitBurst = 5;
+          };
           serviceConfig = hardening ([ i.dataDir socketDir ]
             ++ optional b.walArchive.enable b.walArchive.dir ++ metricsRw) // {
+            # The jobs' secrets (LoadCredential=) live there; a superuser's pg_read_file()
+            # runs inside this process and must never reach them.
+            InaccessiblePaths = [ "-${credentialsDir}" ];
             Type = "notify";
             ExecStart = "${pgBin}/postgres -D ${i.dataDir} -c config_file=${confDir}/postgresql.conf";
             ExecReload = "${pgBin}/pg_ctl reload -D ${i.dataDir}";
@@ -380,9 +513,12 @@ let
           description = "Provision the declared databases of PostgreSQL instance ${name}";
           exec = "${bin}/provision-dbs ${cfgArg}";
           rw = [ provisionStateDir ] ++ metricsRw;
+          creds = provisionCreds;
           extra = {
             wantedBy = [ "multi-user.target" ];
             requires = [ serverUnit ];
+            # Re-run on a switch when the declaration changed (see restartTriggers).
+            restartIfChanged = true;
             # A changed declaration changes this unit, so switch-to-configuration re-runs it.
             restartTriggers = [ databasesHash ];
             environment = { PGPITR_DATABASES_HASH = databasesHash; };
@@ -396,12 +532,94 @@ let
           exec = "${bin}/offsite-sync ${cfgArg}";
           rw = optional (b.restic.repository != null && hasPrefix "/" b.restic.repository) b.restic.repository
             ++ metricsRw;
-          after = [ serverUnit ] ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service";
-          extra = { path = [ paths.restic ]; };
+          after = [ serverUnit "network-online.target" ]
+            ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service";
+          creds = offsiteCreds;
+          extra = {
+            path = [ paths.restic ];
+            wants = [ "network-online.target" ];
+          };
           serviceExtra = {
             CacheDirectory = "pgpitr-offsite-${name}";
             Environment = [ "RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-${name}" ];
           };
+        };
+      }
+      // optionalAttrs i.zfs.enable {
+        # `pgpitr zfs ensure --fix`: creates the datasets (mounted at the data and archive
+        # folders) with pgpitr's tuned properties before the server starts, and puts drift
+        # back to the declared values. Runs as root (zfs needs it).
+        ${unit "pgpitr-zfs"} = {
+          description = "ZFS datasets of PostgreSQL instance ${name} (pgpitr)";
+          after = [ "zfs-mount.service" "zfs-import.target" ];
+          requires = [ "zfs-mount.service" ];
+          before = [ serverUnit ];
+          requiredBy = [ serverUnit ];
+          onFailure = i.onFailure;
+          # zfs(8) for pgpitr (NixOS units get coreutils, not the ZFS tools, in PATH).
+          path = optional ((paths.zfs or null) != null) paths.zfs;
+          postStart = ''
+            chown ${own} ${dataQ} ${escapeShellArg b.walArchive.dir}
+            chmod 0700 ${dataQ} ${escapeShellArg b.walArchive.dir}
+          '';
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${bin}/pgpitr ${cfgArg} zfs ensure --fix";
+            PrivateTmp = true;
+            NoNewPrivileges = true;
+            ProtectHome = true;
+            ProtectKernelTunables = true;
+            ProtectControlGroups = true;
+            ProtectClock = true;
+            RestrictRealtime = true;
+            LockPersonality = true;
+            SystemCallArchitectures = "native";
+          };
+        };
+      }
+      // optionalAttrs drill {
+        ${unit "postgresql-drill"} = job {
+          description = "pgpitr restore drill of PostgreSQL instance ${name}";
+          exec = "${bin}/pgpitr ${cfgArg} drill";
+          rw = [ i.drill.scratchDir ] ++ metricsRw;
+        };
+      }
+      // optionalAttrs preseed {
+        # Seeds an empty data folder (from a ZFS snapshot, a restore...) before the server's
+        # first start; a no-op when the folder already holds a cluster (the binary decides).
+        ${unit "postgresql-preseed"} = {
+          description = "pgpitr preseed of PostgreSQL instance ${name}";
+          after = optional i.zfs.enable zfsUnit;
+          requires = optional i.zfs.enable zfsUnit;
+          before = [ serverUnit ];
+          requiredBy = [ serverUnit ];
+          onFailure = i.onFailure;
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${bin}/preseed ${cfgArg}";
+            ReadWritePaths = unique [ i.dataDir b.walArchive.dir ];
+            ProtectSystem = "strict";
+            PrivateTmp = true;
+            NoNewPrivileges = true;
+            ProtectHome = true;
+            UMask = "0077";
+          };
+        };
+      }
+      // optionalAttrs (preseed && b.baseBackup.enable) {
+        # A seeded cluster has no base backup of its own yet: take one once the server is up.
+        ${unit "postgresql-preseed-basebackup"} = job {
+          description = "pgpitr first base backup of preseeded PostgreSQL instance ${name}";
+          exec = "${bin}/basebackup ${cfgArg}";
+          rw = [ b.baseBackup.dir ] ++ metricsRw;
+          after = [ serverUnit preseedUnit ];
+          extra = {
+            wantedBy = [ "multi-user.target" ];
+            requires = [ serverUnit ];
+          };
+          serviceExtra = { RemainAfterExit = true; };
         };
       };
 
@@ -419,18 +637,29 @@ let
         }
         // optionalAttrs restic {
           ${unit "pgpitr-offsite"} = timer (unit "pgpitr-offsite") b.restic.schedule;
+        }
+        // optionalAttrs drill {
+          ${unit "postgresql-drill"} = timer (unit "postgresql-drill") i.drill.schedule;
         };
 
-      own = "${osUser} ${osGroup}";
+      own = "${osUser}:${osGroup}";
+      tmpOwn = "${osUser} ${osGroup}";
+      leafDirs = [ i.dataDir b.baseBackup.dir ]
+        ++ optional b.walArchive.enable b.walArchive.dir
+        ++ optional hasDatabases provisionStateDir
+        ++ optional drill i.drill.scratchDir;
       tmpfiles = [
-        "d ${socketDir} 0755 ${own} -"
-        "d ${i.dataDir} 0700 ${own} -"
-        "d ${b.baseBackup.dir} 0700 ${own} -"
+        "d ${socketDir} 0755 ${tmpOwn} -"
+        # Exists before any job's credentials, so the server's InaccessiblePaths= applies.
+        "d ${credentialsDir} 0755 root root -"
       ]
-      ++ optional b.walArchive.enable "d ${b.walArchive.dir} 0700 ${own} -"
-      ++ optional hasDatabases "d ${provisionStateDir} 0700 ${own} -"
+      # Every folder between a system root (/var/lib, /srv...) and a leaf, owned by postgres
+      # too, so no root-owned folder sits below a postgres-owned one.
+      ++ map (d: "d ${d} 0755 ${tmpOwn} -")
+        (filter (d: !(elem d leafDirs)) (unique (builtins.concatMap ancestorsBelowRoot leafDirs)))
+      ++ map (d: "d ${d} 0700 ${tmpOwn} -") leafDirs
       ++ optionals monitoring [
-        "d ${textfileDir} 0755 ${own} -"
+        "d ${textfileDir} 0755 ${tmpOwn} -"
         # Jobs run with UMask=0077, which would make the .prom files unreadable for
         # node_exporter. A default ACL takes precedence over the umask for new files, so
         # metrics (created 0644 by pgpitr) stay world-readable while everything else is 0600.
@@ -440,6 +669,8 @@ let
     {
       inherit name configFile configPath postgresqlConf postgresqlConfText hbaText services
         timers tmpfiles databasesHash;
+      # environment.systemPackages: psql, pg_dump... of the server's own version.
+      packages = [ paths.postgresql ];
       pendingKeys = filter (k: configFile ? ${k}) pendingSchemaKeys;
       etc = {
         "pgpitr/${name}/postgresql.conf" = postgresqlConfText;
@@ -452,7 +683,9 @@ let
   # --- assertions across instances ----------------------------------------------------------
   # instances: { <name> = instance definition; } (already filled or partial),
   # pgMajors: { <name> = "16"; }, zfsSupported: bool, storeDir: "/nix/store".
-  assertions = { instances, pgMajors ? { }, zfsSupported ? false, storeDir ? "/nix/store" }:
+  # upstreamPostgresql: services.postgresql.enable (the two modules cannot share a host).
+  assertions = { instances, pgMajors ? { }, zfsSupported ? false, storeDir ? "/nix/store",
+    upstreamPostgresql ? false }:
     let
       names = attrNames instances;
       full = mapAttrs (n: inst: withDefaults {
@@ -511,9 +744,17 @@ let
             assertion = managed == [ ];
             message = "services.pgpitr.instances.${n}.settings sets ${concatStringsSep ", " managed}, which the module manages (use the instance options: port, backup.walArchive.enable).";
           }
+          {
+            assertion = elem (pgMajors.${n} or "16") supportedMajors;
+            message = "services.pgpitr.instances.${n}: PostgreSQL ${pgMajors.${n} or "16"} is not supported (supported: ${concatStringsSep ", " supportedMajors}); set version to one of them.";
+          }
         ];
     in
     [
+      {
+        assertion = !upstreamPostgresql;
+        message = "services.pgpitr and services.postgresql cannot run on the same host: both own the postgres user and /run/postgresql, and upstream's RemoveIPC=true would break pgpitr's instances. Move the upstream database into services.pgpitr.instances (each instance has its own port and folders).";
+      }
       {
         assertion = dupPorts == [ ];
         message = "services.pgpitr.instances: each instance needs its own port; "
@@ -524,5 +765,5 @@ let
 in
 {
   inherit defaults withDefaults mkInstance assertions renderConf renderValue pendingSchemaKeys
-    managedSettings configDir;
+    managedSettings configDir supportedMajors defaultMajorFor restartSettings escapeShellArg;
 }

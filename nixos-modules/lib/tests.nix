@@ -98,6 +98,72 @@ let
       };
       onFailure = [ "page-oncall.service" ];
     };
+    # The restore drill and preseed (off by default): their config sections await schema
+    # support (pendingSchemaKeys).
+    drill = {
+      port = 5436;
+      drill = { enable = true; port = 5499; from = "offsite"; };
+      preseed = { enable = true; methods = [ "syncoid" ]; syncoid.source = "old-host:tank/pg/drill"; };
+      zfs = { enable = true; dataDataset = "tank/pg/drill"; walDataset = "tank/pg/drill-wal"; };
+    };
+  };
+
+  # Issue 10: one definition per defect found under real systemd, so each fix is pinned here
+  # (the rig in nixos-tests/systemd/ proves the same under systemd).
+  mk = name: instance: pgpitrLib.mkInstance {
+    inherit name instance;
+    paths = paths // { zfs = "/nix/store/55555555555555555555555555555555-zfs-2.3.4"; };
+    pgMajor = "16";
+  };
+  serverOf = name: instance: (mk name instance).services."postgresql-${name}";
+  defects = {
+    hba = (mk "main" { }).hbaText;
+    zfs = {
+      services = (mk "main" {
+        zfs = { enable = true; dataDataset = "tank/z"; walDataset = "tank/z-wal"; };
+      }).services;
+    };
+    defaultDirs = (mk "main" { }).configFile;
+    preStart = (serverOf "main" { }).preStart;
+    startLimit = (serverOf "main" { }).unitConfig or { };
+    restartSec = (serverOf "main" { }).serviceConfig.RestartSec;
+    tmpfiles = (mk "main" { }).tmpfiles;
+    tmpfilesSrv = (mk "srv" {
+      dataDir = "/srv/pg/a/data";
+      backup.walArchive.dir = "/srv/pg/a/wal";
+      backup.baseBackup.dir = "/srv/backup/a";
+    }).tmpfiles;
+    packages = (mk "main" { }).packages;
+    upstream = assertionFailures { instances.main = { }; upstreamPostgresql = true; };
+    supportedMajors = pgpitrLib.supportedMajors;
+    defaultMajors = map pgpitrLib.defaultMajorFor [ "26.05" "25.11" "25.05" "24.11" "24.05" "23.11" "22.05" "21.11" ];
+    unsupportedMajor = assertionFailures { instances.main = { }; pgMajors.main = "13"; };
+    # Same settings but one restart-only (shared_buffers) or one reload-only (work_mem) change.
+    triggers = {
+      base = serverOf "main" { };
+      sharedBuffers = serverOf "main" { sharedBuffers = "1GB"; };
+      maxConnections = serverOf "main" { maxConnections = 500; };
+      walLevel = serverOf "main" { settings.wal_level = "logical"; };
+      preload = serverOf "main" { settings.shared_preload_libraries = [ "pg_stat_statements" ]; };
+      workMem = serverOf "main" { workMem = "64MB"; };
+      hba = serverOf "main" { authentication = "host app app 10.0.0.0/8 scram-sha-256"; };
+    };
+    secrets = mk "s" {
+      backup.restic = {
+        enable = true;
+        repository = "s3:https://s3.example.com/s";
+        passwordFile = "/run/keys/restic-s";
+        environmentFile = "/run/keys/restic-s.env";
+      };
+      databases.app.ownerPasswordFile = "/run/keys/app";
+      databases."odd name".ownerPasswordFile = "/run/keys/odd";
+    };
+    initdbArgs = (serverOf "main" { initdbArgs = [ "--locale=C.UTF-8" "--waldir=/srv/my wal" "--x='; rm -rf /'" ]; }).preStart;
+    drillPreseed = mk "dp" {
+      drill = { enable = true; port = 5499; from = "offsite"; };
+      preseed = { enable = true; methods = [ "syncoid" ]; syncoid.source = "old:tank/pg"; };
+      zfs = { enable = true; dataDataset = "tank/dp"; walDataset = "tank/dp-wal"; };
+    };
   };
 
   assertionFailures = args:
@@ -109,8 +175,10 @@ in
     full = case { name = "full"; instance = instances.full; contract = true; };
     legacy = case { name = "legacy"; instance = instances.legacy; contract = true; pgMajor = "15"; p = paths15; };
     pending = case { name = "pending"; instance = instances.pending; contract = true; };
+    drill = case { name = "drill"; instance = instances.drill; contract = false; };
   };
   pendingSchemaKeys = pgpitrLib.pendingSchemaKeys;
+  inherit defects;
 
   # Each entry: the messages of the assertions that fail for that set of instances.
   assertions = {

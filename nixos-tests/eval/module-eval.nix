@@ -39,6 +39,8 @@ let
       systemd.timers = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
       boot.supportedFilesystems = mkOption { type = types.attrsOf types.bool; default = { }; };
+      system.stateVersion = mkOption { type = types.str; default = "25.11"; };
+      services.postgresql.enable = mkOption { type = types.bool; default = false; };
     };
   };
 
@@ -102,7 +104,31 @@ let
       config = { services.pgpitr.instances."my db" = { }; };
       expect = "may only contain letters";
     };
+    besideUpstream = {
+      config = lib.recursiveUpdate base { services.postgresql.enable = true; };
+      expect = "cannot run on the same host";
+    };
+    versionAndPackage = {
+      config = { services.pgpitr.instances.main = { version = "15"; package = pkgs.postgresql_16; }; };
+      expect = "version = \"15\" but package is PostgreSQL 16";
+    };
   };
+
+  # Issue 10: the default major follows system.stateVersion (not pkgs.postgresql), the
+  # instance's own psql is installed, and "13" is no longer a version.
+  serverOf = c: (eval [ c ]).config.systemd.services.postgresql-main.serviceConfig.ExecStart;
+  versionProblems =
+    lib.optional (!(lib.hasInfix "-postgresql-17.0/bin/postgres" (serverOf (base // { system.stateVersion = "25.11"; }))))
+      "stateVersion 25.11 does not default to PostgreSQL 17"
+    ++ lib.optional (!(lib.hasInfix "-postgresql-16.4/bin/postgres" (serverOf (base // { system.stateVersion = "24.11"; }))))
+      "stateVersion 24.11 does not default to PostgreSQL 16"
+    ++ lib.optional (!(lib.hasInfix "-postgresql-15.8/bin/postgres" (serverOf (base // { system.stateVersion = "23.11"; }))))
+      "stateVersion 23.11 does not default to PostgreSQL 15"
+    ++ lib.optional (!(builtins.elem "postgresql-17.0" (map (p: p.name) (eval [ base ]).config.environment.systemPackages)))
+      "the instance's PostgreSQL (psql) is not in environment.systemPackages"
+    ++ lib.optional (builtins.tryEval (builtins.deepSeq
+        (serverOf { services.pgpitr.instances.main.version = "13"; }) true)).success
+      "version \"13\" (removed from nixpkgs 25.11) is accepted";
   caseProblems = lib.concatLists (lib.mapAttrsToList (name: c:
     let msgs = failed (eval [ c.config ]).config;
     in lib.optional (!(builtins.any (m: lib.hasInfix c.expect m) msgs))
@@ -122,7 +148,7 @@ let
       }; } ]).config)))
     "identity file in the store: neither the option type nor an assertion refused it";
 
-  problems = exampleProblems ++ caseProblems ++ storeProblems;
+  problems = exampleProblems ++ caseProblems ++ storeProblems ++ versionProblems;
 in
 if problems == [ ] then {
   ok = true;

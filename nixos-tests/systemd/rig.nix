@@ -1,0 +1,82 @@
+# What the rig renders: two instances as a user would declare them, with the container's
+# paths standing in for store paths (/opt/pgpitr/bin holds the workspace's built binaries,
+# Debian's PostgreSQL 15 stands in for nixpkgs' postgresql_15).
+let
+  onFailure = [ "pgpitr-rig-failed@%n.service" ];
+  textfileDir = "/var/lib/pgpitr-rig/metrics";
+  # The container shares the host's disk, which a CI machine may fill past pgpitr's default
+  # 10% free-space limit; the rig tests the units, not the host's free space.
+  healthCheck.settings.min_free_percent = 1.0;
+in
+import ./render.nix {
+  pgMajor = "15";
+  paths = {
+    pgpitr = "/opt/pgpitr";
+    postgresql = "/usr/lib/postgresql/15";
+    restic = "/usr";
+    zfs = "/usr"; # zfs-fuse's zfs(8) is /usr/sbin/zfs
+  };
+  instances = {
+    main = {
+      port = 5432;
+      inherit onFailure healthCheck;
+      monitoring = { enable = true; inherit textfileDir; };
+      backup.retention.keepLast = 3;
+      backup.restic = {
+        enable = true;
+        repository = "/var/lib/pgpitr-rig/restic";
+        # root:root 0400: only PID 1 reads it (LoadCredential=).
+        passwordFile = "/etc/pgpitr-rig-secrets/restic-password";
+      };
+      databases.app = {
+        owner = "app";
+        ownerPasswordFile = "/etc/pgpitr-rig-secrets/app-password";
+        extensions = [ "pgcrypto" ];
+      };
+      sharedBuffers = "32MB";
+    };
+    second = {
+      port = 5433;
+      inherit onFailure healthCheck;
+      monitoring = { enable = true; inherit textfileDir; };
+      zfs = {
+        enable = true;
+        dataDataset = "rig/pg/second";
+        walDataset = "rig/pg/second-wal";
+      };
+    };
+  };
+  extraUnits = {
+    # The OnFailure= target of both instances: records which unit failed.
+    "pgpitr-rig-failed@.service" = ''
+      [Unit]
+      Description=rig: record the failure of %i
+
+      [Service]
+      Type=oneshot
+      ExecStart=/bin/sh -c 'echo "%i" >> /var/lib/pgpitr-rig/failed.log'
+    '';
+    # Stand-ins for NixOS' ZFS units: zfs-fuse's daemon and a pool on a sparse file.
+    "zfs-fuse-rig.service" = ''
+      [Unit]
+      Description=rig: zfs-fuse daemon
+      DefaultDependencies=no
+      After=local-fs.target
+
+      [Service]
+      Type=simple
+      ExecStart=/usr/sbin/zfs-fuse --no-daemon --no-kstat-mount
+    '';
+    "zfs-mount.service" = ''
+      [Unit]
+      Description=rig: import the pool and mount its datasets (stands in for NixOS' zfs-mount)
+      Requires=zfs-fuse-rig.service
+      After=zfs-fuse-rig.service
+
+      [Service]
+      Type=oneshot
+      RemainAfterExit=yes
+      ExecStart=/bin/sh -ec 'for i in 1 2 3 4 5 6 7 8 9 10; do /usr/sbin/zpool list >/dev/null 2>&1 && break; sleep 0.5; done; /usr/sbin/zpool list rig >/dev/null 2>&1 || /usr/sbin/zpool import -d /var/lib/pgpitr-rig/zpool rig || /usr/sbin/zpool create -m none rig /var/lib/pgpitr-rig/zpool/disk; /usr/sbin/zfs list rig/pg >/dev/null 2>&1 || /usr/sbin/zfs create -o mountpoint=none rig/pg; /usr/sbin/zfs mount -a'
+    '';
+  };
+}
