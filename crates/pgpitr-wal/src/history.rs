@@ -29,6 +29,10 @@ pub struct History {
     live_path: Result<Vec<TimelineRange>, String>,
     /// Every timeline seen (history files, segments, backups).
     pub known: BTreeSet<u32>,
+    /// False when the history files could not be read (an encrypted archive without the
+    /// identity): the live timeline is then taken to be the highest one seen, and retention
+    /// falls back to the timeline-blind floor.
+    pub graph: bool,
     /// Things the model could not follow (a timeline with WAL or backups but no history
     /// file); consumers show them, they are never silently dropped.
     pub warnings: Vec<String>,
@@ -87,7 +91,27 @@ impl History {
             live,
             live_path,
             known,
+            graph: true,
             warnings,
+        }
+    }
+
+    /// The model when the history files cannot be read (`why`): the highest timeline seen is
+    /// taken as the live one, its backups as the live ones, and nothing is pruned by
+    /// timeline (see [`History::needed`]).
+    pub fn without_graph(seen: impl IntoIterator<Item = u32>, why: String) -> History {
+        let mut known: BTreeSet<u32> = seen.into_iter().collect();
+        known.insert(1);
+        let live = *known.iter().max().expect("has 1");
+        History {
+            timelines: Timelines::default(),
+            live,
+            live_path: Err(format!("the timeline history cannot be read: {why}")),
+            known,
+            graph: false,
+            warnings: vec![format!(
+                "the timeline history cannot be read ({why}): timeline {live} is taken as the live one and retention keeps all WAL from the oldest kept backup on"
+            )],
         }
     }
 
@@ -112,6 +136,9 @@ impl History {
 
     /// Whether `b` is on the live timeline's history.
     pub fn is_live<B: Placed + ?Sized>(&self, b: &B) -> bool {
+        if !self.graph {
+            return b.timeline() == self.live;
+        }
         self.live_path
             .as_deref()
             .map(|p| on_path(b, p))
@@ -139,6 +166,13 @@ impl History {
 
     /// The newest backup on the live timeline's history.
     pub fn newest<'a, B: Placed>(&self, backups: &'a [B]) -> Option<&'a B> {
+        if !self.graph {
+            return self
+                .order(backups)
+                .last()
+                .copied()
+                .filter(|b| self.is_live(*b));
+        }
         let p = self.live_path.as_deref().ok()?;
         Self::on_path_ordered(p, backups).last().copied()
     }
@@ -148,6 +182,10 @@ impl History {
         let mut paths = Vec::new();
         let mut unfollowable = false;
         for &t in &self.known {
+            if !self.graph {
+                unfollowable = true;
+                break;
+            }
             let path = match self.timelines.path_to(t) {
                 Ok(p) => p,
                 Err(_) => {
@@ -363,6 +401,10 @@ mod tests {
         let n = h.needed(&[&b], SEG);
         assert!(n.blind());
         assert!(n.needs(2, Some(6)) && n.needs(1, Some(7)) && !n.needs(2, Some(5)));
+        let h = History::without_graph([1, 2], "no key".into());
+        assert_eq!(h.live, 2);
+        assert!(h.is_live(&b) && h.needed(&[&b], SEG).blind());
+        assert_eq!(h.newest(std::slice::from_ref(&b)).map(|x| x.id), Some(1));
     }
 
     /// A random archive life: timeline 1 runs; each switch branches a new timeline off an
