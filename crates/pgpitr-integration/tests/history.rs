@@ -272,4 +272,24 @@ fn life_after_a_restore_keeps_the_live_timeline() {
         "{p}"
     );
     assert!(p["segments"].as_u64().unwrap() >= 2, "{p}");
+
+    // xid: and name: targets are checked against the archived WAL before anything is done.
+    for (target, says) in [
+        ("xid:4000000000", "does not commit or abort"),
+        ("name:no-such-point", "no restore point named"),
+    ] {
+        let r = c.restore(target, &c.root.join("never"), 5436, &["--dry-run"]);
+        assert_ne!(r.code, 0, "{target}: {}", r.stdout);
+        assert!(r.stderr.contains(says), "{target}: {}", r.stderr);
+    }
+    db2.batch_execute("SELECT pg_create_restore_point('tl2-point')")
+        .unwrap();
+    c.switch_and_wait(5433);
+    c.restore(
+        "name:tl2-point",
+        &c.root.join("never"),
+        5436,
+        &["--dry-run"],
+    )
+    .ok();
 }
