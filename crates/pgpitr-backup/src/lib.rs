@@ -104,7 +104,25 @@ impl BackupInfo {
     }
 }
 
-/// Complete backups (those with a readable `backup.json`), oldest first.
+impl pgpitr_wal::history::Placed for BackupInfo {
+    fn timeline(&self) -> u32 {
+        self.timeline
+    }
+    fn start_lsn(&self) -> Lsn {
+        self.start_lsn
+    }
+    fn stop_lsn(&self) -> Lsn {
+        self.stop_lsn
+    }
+    fn stop_time(&self) -> DateTime<Utc> {
+        self.stop_time
+    }
+}
+
+/// Complete backups (those with a readable `backup.json`) in the order they ended (wall
+/// clock). This is not the history order: after a restore to an earlier point, backups on
+/// an abandoned branch can be newer in time than the live timeline's; whatever reasons
+/// about "newest" or "oldest" orders them with `pgpitr_wal::history::History`.
 pub fn catalog(backup_dir: &Path) -> Result<Vec<BackupInfo>> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(backup_dir) {
@@ -121,7 +139,7 @@ pub fn catalog(backup_dir: &Path) -> Result<Vec<BackupInfo>> {
             Err(e) => tracing::warn!("ignoring {}: {e}", p.display()),
         }
     }
-    out.sort_by(|a, b| a.stop_lsn.cmp(&b.stop_lsn).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| a.stop_time.cmp(&b.stop_time).then(a.id.cmp(&b.id)));
     Ok(out)
 }
 

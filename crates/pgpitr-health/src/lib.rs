@@ -80,14 +80,19 @@ pub fn run(cfg: &Config) -> Report {
             }
         }
     }
-    checks.push(backup_age(cfg));
+    // One history model for the backup age and the window: "newest" is the newest backup
+    // on the live timeline, never one on an abandoned branch.
+    let decoder =
+        Decoder::from_config(cfg.encryption.as_ref()).unwrap_or_else(|_| Decoder::plain());
+    let inv = Inventory::load(cfg, &decoder);
+    checks.push(backup_age(cfg, inv.as_ref().ok()));
     for (check, dir) in [
         ("archive_space", &cfg.archive.dir),
         ("backup_space", &cfg.backup.dir),
     ] {
         checks.push(free_space(check, dir, h.min_free_percent));
     }
-    let (window_oldest, window_newest, chain) = window(cfg);
+    let (window_oldest, window_newest, chain) = window(cfg, inv, &decoder);
     if let Some(c) = chain {
         checks.push(c);
     }
@@ -211,15 +216,30 @@ fn heartbeat(cfg: &Config, db: &mut pgpitr_pg::Client) -> Check {
     }
 }
 
-fn backup_age(cfg: &Config) -> Check {
+fn backup_age(cfg: &Config, inv: Option<&Inventory>) -> Check {
     let limit = cfg.health.backup_max_age_seconds;
-    match pgpitr_backup::catalog(&cfg.backup.dir) {
+    let newest = match inv {
+        Some(inv) => Ok(inv.newest_backup().map(|b| b.stop_time)),
+        // Without the history (unreadable archive) the catalog's newest in time stands in.
+        None => {
+            pgpitr_backup::catalog(&cfg.backup.dir).map(|c| c.iter().map(|b| b.stop_time).max())
+        }
+    };
+    match newest {
         Err(e) => Check::fail(
             "backup_age",
             e.to_string(),
             format!("check {}", cfg.backup.dir.display()),
         ),
-        Ok(c) => match c.iter().map(|b| b.stop_time).max() {
+        Ok(newest) => match newest {
+            None if inv.map(|i| !i.backups.is_empty()).unwrap_or(false) => Check::fail(
+                "backup_age",
+                format!(
+                    "no complete base backup on the live timeline {} (the others are on abandoned branches)",
+                    inv.map(|i| i.history.live).unwrap_or(1)
+                ),
+                "take one now: basebackup --config <config>",
+            ),
             None => Check::fail(
                 "backup_age",
                 "no complete base backup",
@@ -279,13 +299,13 @@ fn free_space(check: &'static str, dir: &Path, min: f64) -> Check {
 /// Restorable window (oldest, newest as unix seconds) and a WAL chain check when the archive
 /// can be read here (encrypted history needs the identity; without it the window is
 /// approximated from the catalog and the newest object's time).
-fn window(cfg: &Config) -> (Option<f64>, Option<f64>, Option<Check>) {
-    let decoder = match Decoder::from_config(cfg.encryption.as_ref()) {
-        Ok(d) => d,
-        Err(_) => Decoder::plain(),
-    };
+fn window(
+    cfg: &Config,
+    inv: pgpitr_restore::Result<Inventory>,
+    decoder: &Decoder,
+) -> (Option<f64>, Option<f64>, Option<Check>) {
     let bins = Bins::discover(cfg.postgres.bin_dir.as_deref()).ok();
-    match Inventory::load(cfg, &decoder).and_then(|inv| inv.status(bins.as_ref(), &decoder)) {
+    match inv.and_then(|inv| inv.status(bins.as_ref(), decoder)) {
         Ok(st) => match st.window {
             Some(w) => {
                 let chain = if w.gaps.is_empty() {
@@ -306,6 +326,15 @@ fn window(cfg: &Config) -> (Option<f64>, Option<f64>, Option<Check>) {
                     Some(chain),
                 )
             }
+            None if !st.warnings.is_empty() => (
+                None,
+                None,
+                Some(Check::fail(
+                    "wal_chain",
+                    st.warnings.join("; "),
+                    "the restorable window cannot be computed: fix what the warning names",
+                )),
+            ),
             None => (None, None, None),
         },
         Err(e) => {

@@ -226,3 +226,68 @@ fn wrong_password_and_stale_lock_are_clear_errors() {
     );
     c.tool_with(&cfg, "offsite-sync", &["--unlock-stale"]).ok();
 }
+
+/// An offsite backup older than local retention: its WAL was pruned locally before the
+/// newest WAL snapshot, so the restore fetches it from the older snapshot that still holds
+/// it (issue 11).
+#[test]
+fn old_offsite_backup_gets_its_wal_from_older_snapshots() {
+    let c = Cluster::start(ClusterOptions::default());
+    let (ocfg, _log) = with_offsite(&c, 10);
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('base')")
+        .unwrap();
+    let b1 = c.basebackup();
+    let target = rows_around_target(&mut db, "old-before", "old-after");
+    c.switch_and_wait(5432);
+    sync(&c, &ocfg);
+
+    // Local retention moves on: B2, then keep_last = 1 prunes B1 and the WAL before B2.
+    db.batch_execute("INSERT INTO t (tag) VALUES ('later')")
+        .unwrap();
+    c.switch_and_wait(5432);
+    let b2 = c.basebackup();
+    c.switch_and_wait(5432);
+    let mut cfg = pgpitr_config::Config::load(&ocfg).unwrap();
+    cfg.retention = Some(pgpitr_config::RetentionConfig {
+        keep_last: Some(1),
+        ..Default::default()
+    });
+    let pcfg = c.write_config(&cfg, "offsite-prune.toml");
+    let p = c.tool_with(&pcfg, "walprune", &["--json"]).ok();
+    let p: serde_json::Value = serde_json::from_str(&p.stdout).unwrap();
+    assert_eq!(p["delete_backups"], serde_json::json!([b1]), "{p}");
+    assert!(!p["delete_objects"].as_array().unwrap().is_empty(), "{p}");
+    let s = sync(&c, &ocfg);
+    assert_eq!(s["backups_added"], serde_json::json!([b2]));
+
+    // The machine is lost; restore from the old offsite backup B1.
+    drop(db);
+    c.stop_server(c.data());
+    fs::remove_dir_all(&c.cfg.archive.dir).unwrap();
+    fs::remove_dir_all(&c.cfg.backup.dir).unwrap();
+    let into = c.root.join("from-old-offsite");
+    c.track(&into);
+    let r = c
+        .tool_with(
+            &ocfg,
+            "pgpitr",
+            &[
+                "restore",
+                "--from",
+                "offsite",
+                "--backup",
+                &b1,
+                "--to",
+                &target.to_rfc3339(),
+                "--into",
+                into.to_str().unwrap(),
+                "--port",
+                "5433",
+            ],
+        )
+        .ok();
+    assert!(r.stderr.contains("2 snapshot(s)"), "{}", r.stderr);
+    let mut rdb = c.connect(5433);
+    assert_eq!(tags(&mut rdb), vec!["base", "old-before"]);
+}

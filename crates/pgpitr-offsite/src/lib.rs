@@ -327,28 +327,67 @@ pub fn fetch_for_restore(
             Err(e) => tracing::warn!("snapshot {}: unreadable backup.json: {e}", s.short_id),
         }
     }
-    backups.sort_by_key(|b| b.0.stop_lsn);
     if backups.is_empty() {
         return Err(OffsiteError::Refused(format!(
             "the repository {} holds no base backup of instance {}",
             o.repository, cfg.instance
         )));
     }
-    let infos: Vec<&BackupInfo> = backups.iter().map(|(b, _)| b).collect();
-    let chosen = match backup_id {
-        Some(id) => infos
+    // WAL snapshots, newest first. Each holds the archive as it was at that time; local
+    // retention may since have pruned what an old offsite backup needs, so the WAL comes
+    // from every snapshot that still holds it.
+    let mut wal = restic.snapshots(&tags_with(cfg, &["kind:wal".into()]))?;
+    wal.sort_by(|a, b| b.time.cmp(&a.time));
+    if wal.is_empty() {
+        return Err(OffsiteError::Refused(
+            "the repository holds no copy of the WAL archive".into(),
+        ));
+    }
+    let listings: Vec<Vec<pgpitr_restic::Node>> = wal
+        .iter()
+        .map(|w| restic.ls(&w.id))
+        .collect::<std::result::Result<_, _>>()?;
+    let archive = staging.join("archive");
+    fs::create_dir_all(&archive).map_err(io_err("create staging archive"))?;
+
+    // First the archive's metadata and timeline histories (tiny, never pruned locally), so
+    // the backup is chosen along the same history model as a local restore.
+    let (meta_files, _) = wanted_files(&wal, &listings, |rel, _| {
+        rel == pgpitr_wal::store::META_FILE || rel.starts_with("history/")
+    });
+    fetch_files(&restic, &wal, &meta_files, staging, &archive)?;
+    let decoder = pgpitr_wal::codec::Decoder::from_config(cfg.encryption.as_ref())
+        .map_err(|e| OffsiteError::Refused(e.to_string()))?;
+    let store = pgpitr_wal::store::Store::new(&archive);
+    let objects = store
+        .list()
+        .map_err(|e| OffsiteError::Refused(e.to_string()))?;
+    let timelines = pgpitr_wal::chain::timelines_from(&store, &objects, &decoder)
+        .map_err(|e| OffsiteError::Refused(e.to_string()))?;
+    let infos_all: Vec<BackupInfo> = backups.iter().map(|(b, _)| b.clone()).collect();
+    let history =
+        pgpitr_wal::history::History::new(timelines, infos_all.iter().map(|b| b.timeline));
+    let chosen_id = match backup_id {
+        Some(id) => infos_all
             .iter()
-            .position(|b| b.id == id)
+            .find(|b| b.id == id)
+            .map(|b| b.id.clone())
             .ok_or_else(|| OffsiteError::Refused(format!("no offsite backup with id {id}")))?,
         None => {
-            let c = pgpitr_restore::plan::choose(&infos, target).map_err(OffsiteError::Refused)?;
-            infos
-                .iter()
-                .position(|b| b.id == c.id)
-                .expect("chosen from the list")
+            let path = history
+                .live_path()
+                .map_err(|e| OffsiteError::Refused(e.to_string()))?;
+            let candidates = pgpitr_wal::history::History::on_path_ordered(path, &infos_all);
+            pgpitr_restore::plan::choose(&candidates, target)
+                .map_err(OffsiteError::Refused)?
+                .id
+                .clone()
         }
     };
-    let (info, snap) = &backups[chosen];
+    let (info, snap) = backups
+        .iter()
+        .find(|(b, _)| b.id == chosen_id)
+        .expect("chosen from the list");
     say(&format!(
         "fetching base backup {} (snapshot {})",
         info.id, snap.short_id
@@ -358,58 +397,29 @@ pub fn fetch_for_restore(
     let backups_dir = staging.join("backups");
     fs::create_dir_all(&backups_dir).map_err(io_err("create staging backups"))?;
     move_out(&tmp, &snap.paths[0], &backups_dir.join(&info.id))?;
+    let _ = fs::remove_dir_all(&tmp);
 
-    let wal = restic.snapshots(&tags_with(cfg, &["kind:wal".into()]))?;
-    let wal = wal
-        .iter()
-        .max_by(|a, b| a.time.cmp(&b.time))
-        .ok_or_else(|| {
-            OffsiteError::Refused("the repository holds no copy of the WAL archive".into())
-        })?;
-    let root = wal.paths.first().cloned().unwrap_or_default();
     let seg = info.wal_segment_size;
     let first = info.start_lsn.segno(seg);
-    let mut include = Vec::new();
-    let mut bytes = 0u64;
-    for n in restic.ls(&wal.id)? {
-        if n.kind != "file" {
-            continue;
-        }
-        let Some(rel) = n.path.strip_prefix(&format!("{root}/")) else {
-            continue;
-        };
-        let file = rel.rsplit('/').next().unwrap_or(rel);
-        let wanted = rel == pgpitr_wal::store::META_FILE
-            || rel.starts_with("history/")
-            || file
-                .split_once('-')
-                .and_then(|(w, _)| pgpitr_wal::WalName::parse(w))
-                .and_then(|w| w.segno(seg))
-                .map(|s| s >= first)
-                .unwrap_or(false);
-        if wanted {
-            bytes += n.size;
-            include.push(n.path.clone());
-        }
-    }
+    let (files, bytes) = wanted_files(&wal, &listings, |_, file| {
+        file.split_once('-')
+            .and_then(|(w, _)| pgpitr_wal::WalName::parse(w))
+            .and_then(|w| w.segno(seg))
+            .map(|s| s >= first)
+            .unwrap_or(false)
+    });
+    let used: std::collections::BTreeSet<usize> = files.iter().map(|f| f.0).collect();
     say(&format!(
-        "fetching {} archived WAL objects ({} bytes) from snapshot {}",
-        include.len(),
+        "fetching {} archived WAL objects ({} bytes) from {} snapshot(s): {}",
+        files.len(),
         bytes,
-        wal.short_id
+        used.len(),
+        used.iter()
+            .map(|i| wal[*i].short_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
-    let tmp_wal = staging.join(".restic-wal");
-    if !include.is_empty() {
-        restic.restore(&wal.id, &tmp_wal, &include)?;
-    }
-    let archive = staging.join("archive");
-    if tmp_wal.join(root.trim_start_matches('/')).exists() {
-        move_out(&tmp_wal, &root, &archive)?;
-    } else {
-        fs::create_dir_all(&archive).map_err(io_err("create staging archive"))?;
-    }
-    let _ = fs::remove_dir_all(&tmp);
-    let _ = fs::remove_dir_all(&tmp_wal);
+    fetch_files(&restic, &wal, &files, staging, &archive)?;
 
     let mut staged = cfg.clone();
     staged.archive.dir = archive;
@@ -422,6 +432,69 @@ pub fn fetch_for_restore(
         a.chown_tree(staging)?;
     }
     Ok((staged, cfg_path))
+}
+
+/// (snapshot index, original absolute path, path relative to the archive root)
+type WalFile = (usize, String, String);
+
+/// The files `want(relative path, file name)` selects, each from the newest snapshot that
+/// holds it (same name means same bytes: object names carry their checksum), and their
+/// total size.
+fn wanted_files(
+    wal: &[Snapshot],
+    listings: &[Vec<pgpitr_restic::Node>],
+    want: impl Fn(&str, &str) -> bool,
+) -> (Vec<WalFile>, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (i, (snap, nodes)) in wal.iter().zip(listings).enumerate() {
+        let root = snap.paths.first().cloned().unwrap_or_default();
+        for n in nodes.iter().filter(|n| n.kind == "file") {
+            let Some(rel) = n.path.strip_prefix(&format!("{root}/")) else {
+                continue;
+            };
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            if want(rel, file) && seen.insert(rel.to_string()) {
+                bytes += n.size;
+                out.push((i, n.path.clone(), rel.to_string()));
+            }
+        }
+    }
+    (out, bytes)
+}
+
+/// Restores `files` snapshot by snapshot and moves each into `archive` at its relative path.
+fn fetch_files(
+    restic: &Restic,
+    wal: &[Snapshot],
+    files: &[WalFile],
+    staging: &Path,
+    archive: &Path,
+) -> Result<()> {
+    let mut by_snap: std::collections::BTreeMap<usize, Vec<&WalFile>> = Default::default();
+    for f in files {
+        by_snap.entry(f.0).or_default().push(f);
+    }
+    for (i, fs_) in by_snap {
+        let tmp = staging.join(format!(".restic-wal-{i}"));
+        let include: Vec<String> = fs_.iter().map(|f| f.1.clone()).collect();
+        restic.restore(&wal[i].id, &tmp, &include)?;
+        for (_, original, rel) in fs_ {
+            let src = tmp.join(original.trim_start_matches('/'));
+            let dest = archive.join(rel);
+            if let Some(d) = dest.parent() {
+                fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+            }
+            fs::rename(&src, &dest).map_err(io_err(format!(
+                "move {} to {}",
+                src.display(),
+                dest.display()
+            )))?;
+        }
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(())
 }
 
 /// Moves `<tmp>/<original absolute path>` to `dest`.

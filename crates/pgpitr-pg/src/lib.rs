@@ -338,6 +338,60 @@ pub fn last_xact_end(bins: &Bins, segment_file: &Path) -> Result<Option<XactEnd>
     )
 }
 
+/// What a `xid:` or `name:` target is looked for as in the WAL.
+#[derive(Debug, Clone, Copy)]
+pub enum WalMark<'a> {
+    /// The commit or abort of this transaction.
+    XactEnd(u64),
+    /// `pg_create_restore_point(name)`.
+    RestorePoint(&'a str),
+}
+
+/// Whether one WAL segment file holds `mark` (pg_waldump, filtered by resource manager).
+pub fn segment_has(bins: &Bins, segment_file: &Path, mark: WalMark<'_>) -> Result<bool> {
+    let mut cmd = Command::new(bins.path("pg_waldump"));
+    match mark {
+        WalMark::XactEnd(x) => cmd.arg("--rmgr=Transaction").arg(format!("--xid={x}")),
+        WalMark::RestorePoint(_) => cmd.arg("--rmgr=XLOG"),
+    };
+    let out = cmd
+        .arg(segment_file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| PgError::Spawn {
+            cmd: "pg_waldump".into(),
+            source,
+        })?;
+    Ok(waldump_has(&String::from_utf8_lossy(&out.stdout), mark))
+}
+
+/// Whether pg_waldump output holds `mark`.
+pub fn waldump_has(text: &str, mark: WalMark<'_>) -> bool {
+    text.lines().any(|line| {
+        let Some(desc) = line.find("desc: ").map(|i| &line[i + 6..]) else {
+            return false;
+        };
+        match mark {
+            WalMark::XactEnd(x) => {
+                let tx = line
+                    .split("tx:")
+                    .nth(1)
+                    .and_then(|s| s.split(',').next())
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                tx == Some(x)
+                    && ["COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"]
+                        .iter()
+                        .any(|p| desc.starts_with(p))
+            }
+            WalMark::RestorePoint(n) => desc
+                .strip_prefix("RESTORE_POINT ")
+                .map(|r| r.trim_end() == n)
+                .unwrap_or(false),
+        }
+    })
+}
+
 /// Parses commit/abort records from pg_waldump output (run with TZ=UTC).
 pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
     let mut out = Vec::new();
@@ -375,6 +429,16 @@ pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn finds_xid_and_restore_point_marks() {
+        let t = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000028, prev 0/02000110, desc: COMMIT 2026-11-22 09:52:48.123456 UTC\n\
+                 rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/03000060, prev 0/03000028, desc: RESTORE_POINT before-migration\n";
+        assert!(waldump_has(t, WalMark::XactEnd(735)));
+        assert!(!waldump_has(t, WalMark::XactEnd(73)));
+        assert!(waldump_has(t, WalMark::RestorePoint("before-migration")));
+        assert!(!waldump_has(t, WalMark::RestorePoint("before")));
+    }
+
     #[test]
     fn parses_waldump() {
         let t = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000028, prev 0/02000110, desc: COMMIT 2026-11-22 09:52:48.123456 UTC\n\

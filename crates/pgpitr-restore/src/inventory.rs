@@ -7,10 +7,12 @@ use pgpitr_config::Config;
 use pgpitr_pg::{Bins, XactEnd};
 use pgpitr_wal::chain::{timelines_from, walk, ChainWalk, SegmentIndex};
 use pgpitr_wal::codec::Decoder;
+use pgpitr_wal::history::{reads_from, History};
 use pgpitr_wal::store::{ArchiveMeta, Object, Store};
 use pgpitr_wal::timeline::{TimelineRange, Timelines};
 use pgpitr_wal::{Lsn, WalName};
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// Default segment size when the archive is still empty.
 const DEFAULT_SEG_SIZE: u64 = 16 << 20;
@@ -19,9 +21,15 @@ pub struct Inventory {
     pub store: Store,
     pub meta: Option<ArchiveMeta>,
     pub objects: Vec<Object>,
+    /// Complete backups, ordered along the history (`History::order`): the last one is the
+    /// newest backup on the live timeline.
     pub backups: Vec<BackupInfo>,
     pub timelines: Timelines,
+    /// The one history model every consumer asks about order and timelines.
+    pub history: History,
     pub seg_size: u64,
+    /// Where the per-segment window cache lives (None: no cache).
+    pub cache_path: Option<PathBuf>,
 }
 
 impl Inventory {
@@ -29,8 +37,16 @@ impl Inventory {
         let store = Store::new(&cfg.archive.dir);
         let meta = store.meta()?;
         let objects = store.list()?;
-        let backups = pgpitr_backup::catalog(&cfg.backup.dir)?;
+        let catalog = pgpitr_backup::catalog(&cfg.backup.dir)?;
         let timelines = timelines_from(&store, &objects, decoder)?;
+        let history = History::new(
+            timelines.clone(),
+            objects
+                .iter()
+                .map(|o| o.name.tli())
+                .chain(catalog.iter().map(|b| b.timeline)),
+        );
+        let backups: Vec<BackupInfo> = history.order(&catalog).into_iter().cloned().collect();
         let seg_size = meta
             .as_ref()
             .map(|m| m.wal_segment_size)
@@ -42,7 +58,9 @@ impl Inventory {
             objects,
             backups,
             timelines,
+            history,
             seg_size,
+            cache_path: Some(cfg.backup.dir.join(crate::window_cache::CACHE_FILE)),
         })
     }
 
@@ -53,27 +71,24 @@ impl Inventory {
     /// PostgreSQL's `recovery_target_timeline = latest` as seen from `start_tli`: the highest
     /// timeline reached by consecutive history files.
     pub fn latest_timeline_from(&self, start_tli: u32) -> u32 {
-        let mut t = start_tli;
-        while self.timelines.histories.contains_key(&(t + 1)) {
-            t += 1;
-        }
-        t
+        self.history.latest_from(start_tli)
     }
 
     /// The timeline path to `target_tli`, or why it cannot be followed.
     pub fn path_to(&self, target_tli: u32) -> Result<Vec<TimelineRange>> {
-        self.timelines
+        self.history
             .path_to(target_tli)
             .map_err(RestoreError::Refused)
     }
 
     /// Whether `b` lies on `path` (its WAL is an ancestor of the target timeline).
     pub fn backup_on_path(b: &BackupInfo, path: &[TimelineRange]) -> bool {
-        path.iter().any(|r| {
-            r.tli == b.timeline
-                && b.start_lsn >= r.begin
-                && r.end.map(|e| b.stop_lsn <= e).unwrap_or(true)
-        })
+        pgpitr_wal::history::on_path(b, path)
+    }
+
+    /// The newest backup on the live timeline's history.
+    pub fn newest_backup(&self) -> Option<&BackupInfo> {
+        self.history.newest(&self.backups)
     }
 
     /// Walks the archived segments from `start` to the newest on `path`.
@@ -81,8 +96,12 @@ impl Inventory {
         walk(&self.index(), path, start, None)
     }
 
-    /// The last commit/abort in the WAL up to segment `segno` on `tli`, looking back a few
-    /// segments when the newest holds none. Decodes each into a temporary folder.
+    /// The last commit/abort in the WAL on `path` at or before segment `segno`: from that
+    /// segment backwards until one holds a commit or abort, down to segment `floor` (the
+    /// backup's end: before it the window ends at the backup anyway). There is no fixed
+    /// look-back, so hours of WAL without a commit (a long transaction, CREATE INDEX, an
+    /// anti-wraparound vacuum) do not shrink the window. What each segment holds is cached
+    /// by the object's content checksum, so `status` and healthcheck decode only new WAL.
     pub fn last_xact_end(
         &self,
         bins: &Bins,
@@ -92,25 +111,76 @@ impl Inventory {
         floor: u64,
     ) -> Result<Option<XactEnd>> {
         let idx = self.index();
-        let tmp = tempfile::tempdir().map_err(crate::io_err("create temporary folder"))?;
+        let mut cache = crate::window_cache::Cache::load(self.cache_path.as_deref());
+        let mut tmp: Option<tempfile::TempDir> = None;
         let mut s = segno;
-        for _ in 0..16 {
-            let obj = path.iter().rev().find_map(|r| idx.get(r.tli, s));
+        let mut found = None;
+        loop {
+            let obj = reads_from(path, s, self.seg_size).and_then(|t| idx.get(t, s));
             if let Some(obj) = obj {
-                let file = tmp.path().join(obj.name.to_string());
-                let mut f = std::fs::File::create(&file)
-                    .map_err(crate::io_err("create temporary segment"))?;
-                self.store.decode_object(obj, decoder, &mut f)?;
-                drop(f);
-                if let Some(x) = pgpitr_pg::last_xact_end(bins, &file)? {
-                    return Ok(Some(x));
+                let x = match cache.get(obj) {
+                    Some(x) => x,
+                    None => {
+                        if tmp.is_none() {
+                            tmp = Some(
+                                tempfile::tempdir()
+                                    .map_err(crate::io_err("create temporary folder"))?,
+                            );
+                        }
+                        let dir = tmp.as_ref().expect("just created").path();
+                        let file = dir.join(obj.name.to_string());
+                        let mut f = std::fs::File::create(&file)
+                            .map_err(crate::io_err("create temporary segment"))?;
+                        self.store.decode_object(obj, decoder, &mut f)?;
+                        drop(f);
+                        let x = pgpitr_pg::last_xact_end(bins, &file)?;
+                        std::fs::remove_file(&file).ok();
+                        cache.put(obj, x);
+                        x
+                    }
+                };
+                if x.is_some() {
+                    found = x;
+                    break;
                 }
-                std::fs::remove_file(&file).ok();
             }
             if s == 0 || s <= floor {
                 break;
             }
             s -= 1;
+        }
+        cache.save(&self.objects);
+        Ok(found)
+    }
+
+    /// The first segment on `path` between `from` and `to` that holds `mark` (a `xid:`
+    /// target's commit or abort, a `name:` target's restore point): the check that such a
+    /// target lies inside the window, as far as the archived WAL can tell.
+    pub fn find_mark(
+        &self,
+        bins: &Bins,
+        decoder: &Decoder,
+        path: &[TimelineRange],
+        from: u64,
+        to: u64,
+        mark: pgpitr_pg::WalMark<'_>,
+    ) -> Result<Option<u64>> {
+        let idx = self.index();
+        let tmp = tempfile::tempdir().map_err(crate::io_err("create temporary folder"))?;
+        for s in from..=to {
+            let Some(obj) = reads_from(path, s, self.seg_size).and_then(|t| idx.get(t, s)) else {
+                continue;
+            };
+            let file = tmp.path().join(obj.name.to_string());
+            let mut f =
+                std::fs::File::create(&file).map_err(crate::io_err("create temporary segment"))?;
+            self.store.decode_object(obj, decoder, &mut f)?;
+            drop(f);
+            let found = pgpitr_pg::segment_has(bins, &file, mark)?;
+            std::fs::remove_file(&file).ok();
+            if found {
+                return Ok(Some(s));
+            }
         }
         Ok(None)
     }
@@ -130,41 +200,28 @@ impl Inventory {
                 .filter(|o| !o.name.is_segment())
                 .map(|o| o.stored_bytes)
                 .sum::<u64>();
-        let newest = segments
-            .iter()
-            .max_by_key(|o| (o.name.segno(self.seg_size), o.name.tli()));
+        let mut warnings = self.history.warnings.clone();
+        let live_path = self.history.live_path().ok();
+        // The newest segment on the live timeline's history, not the highest number on any.
+        let newest = live_path.and_then(|p| {
+            let idx = self.index();
+            let s = idx.max_segno_on(p)?;
+            idx.get(reads_from(p, s, self.seg_size)?, s)
+        });
+        let newest_backup = self.newest_backup();
         let mut window = None;
-        if let (Some(b), Some(bins)) = (self.backups.last(), bins) {
-            let tli = self.latest_timeline_from(b.timeline);
-            if let Ok(path) = self.path_to(tli) {
-                let stop_seg = b.stop_lsn.segno(self.seg_size);
-                let w = self.walk_from_lsn(&path, Lsn((stop_seg + 1) * self.seg_size));
-                let oldest = self
-                    .backups
-                    .iter()
-                    .filter(|x| Self::backup_on_path(x, &path))
-                    .map(|x| x.stop_time)
-                    .min()
-                    .unwrap_or(b.stop_time);
-                let end = w.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
-                let newest_xact = self.last_xact_end(
-                    bins,
-                    decoder,
-                    &path,
-                    end,
-                    b.start_lsn.segno(self.seg_size),
-                )?;
-                window = Some(Window {
-                    timeline: tli,
-                    oldest,
-                    newest: newest_xact
-                        .map(|x| x.time)
-                        .unwrap_or(b.stop_time)
-                        .max(b.stop_time),
-                    newest_lsn: newest_xact.map(|x| x.lsn),
-                    gaps: w.gaps.iter().map(|g| g.to_string()).collect(),
-                });
-            }
+        match (newest_backup, live_path) {
+            (Some(b), Some(path)) => match bins {
+                Some(bins) => window = Some(self.window_on(bins, decoder, path, b)?),
+                None => warnings.push(
+                    "the restorable window cannot be computed here: pg_waldump was not found (set postgres.bin_dir)".into(),
+                ),
+            },
+            (None, Some(_)) if !self.backups.is_empty() => warnings.push(format!(
+                "no backup lies on the history of the live timeline {}: take a base backup of the server on timeline {}",
+                self.history.live, self.history.live
+            )),
+            _ => {}
         }
         Ok(Status {
             archive_dir: self.store.dir().display().to_string(),
@@ -188,12 +245,16 @@ impl Inventory {
                 t.dedup();
                 t
             },
+            live_timeline: self.history.live,
+            newest_backup: newest_backup.map(|b| b.id.clone()),
+            warnings,
             backups: self
                 .backups
                 .iter()
                 .map(|b| BackupSummary {
                     id: b.id.clone(),
                     timeline: b.timeline,
+                    live: self.history.is_live(b),
                     start_time: b.start_time,
                     stop_time: b.stop_time,
                     start_lsn: b.start_lsn,
@@ -208,12 +269,55 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// The restorable window along `path` up to the newest archived transaction, starting
+    /// at the oldest backup on it; `newest` is the newest backup on `path`.
+    pub fn window_on(
+        &self,
+        bins: &Bins,
+        decoder: &Decoder,
+        path: &[TimelineRange],
+        newest: &BackupInfo,
+    ) -> Result<Window> {
+        let b = newest;
+        let tli = path.last().map(|r| r.tli).unwrap_or(b.timeline);
+        let stop_seg = b.stop_lsn.segno(self.seg_size);
+        let w = self.walk_from_lsn(path, Lsn((stop_seg + 1) * self.seg_size));
+        let oldest = self
+            .backups
+            .iter()
+            .filter(|x| Self::backup_on_path(x, path))
+            .map(|x| x.stop_time)
+            .min()
+            .unwrap_or(b.stop_time)
+            .min(b.stop_time);
+        let end = w.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
+        let newest_xact = self.last_xact_end(bins, decoder, path, end, stop_seg)?;
+        // Never inverted: the window ends no earlier than the newest backup on this history.
+        let newest_time = newest_xact
+            .map(|x| x.time)
+            .unwrap_or(b.stop_time)
+            .max(b.stop_time)
+            .max(oldest);
+        Ok(Window {
+            timeline: tli,
+            oldest,
+            newest: newest_time,
+            newest_lsn: newest_xact.map(|x| x.lsn),
+            newest_backup: b.id.clone(),
+            gaps: w.gaps.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Window {
     pub timeline: u32,
     pub oldest: DateTime<Utc>,
     pub newest: DateTime<Utc>,
     pub newest_lsn: Option<Lsn>,
+    /// The newest backup on this timeline's history.
+    pub newest_backup: String,
     pub gaps: Vec<String>,
 }
 
@@ -221,6 +325,8 @@ pub struct Window {
 pub struct BackupSummary {
     pub id: String,
     pub timeline: u32,
+    /// On the live timeline's history (false: on an abandoned branch).
+    pub live: bool,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
     pub start_lsn: Lsn,
@@ -244,6 +350,13 @@ pub struct Status {
     pub newest_segment: Option<String>,
     pub newest_segment_archived_at: Option<DateTime<Utc>>,
     pub timelines: Vec<u32>,
+    /// The timeline the archive's history leads to.
+    pub live_timeline: u32,
+    /// The newest backup on the live timeline's history.
+    pub newest_backup: Option<String>,
+    /// What could not be computed or followed.
+    pub warnings: Vec<String>,
+    /// Ordered along the history: abandoned branches first, the live timeline's last.
     pub backups: Vec<BackupSummary>,
     /// Restorable window along the latest timeline (None without backups).
     pub window: Option<Window>,
@@ -291,33 +404,43 @@ impl std::fmt::Display for Status {
         for b in &self.backups {
             writeln!(
                 f,
-                "  {}  timeline {}  {} .. {}  {} ({} stored){}",
+                "  {}  timeline {}  {} .. {}  {} ({} stored){}{}",
                 b.id,
                 b.timeline,
                 fmt_time(b.start_time),
                 fmt_time(b.stop_time),
                 human_bytes(b.raw_bytes),
                 human_bytes(b.stored_bytes),
-                if b.encrypted { "  encrypted" } else { "" }
+                if b.encrypted { "  encrypted" } else { "" },
+                if b.live {
+                    ""
+                } else {
+                    "  (abandoned branch: not on the live timeline's history)"
+                }
             )?;
         }
         match &self.window {
             Some(w) => {
                 writeln!(
                     f,
-                    "restorable from {} to {} (timeline {})",
+                    "restorable from {} to {} (timeline {}, newest backup {})",
                     fmt_time(w.oldest),
                     fmt_time(w.newest),
-                    w.timeline
+                    w.timeline,
+                    w.newest_backup
                 )?;
                 for g in &w.gaps {
                     writeln!(f, "  missing: {g}")?;
                 }
             }
-            None => writeln!(
+            None if self.warnings.is_empty() => writeln!(
                 f,
                 "not restorable yet: take a base backup (basebackup --config ...)"
             )?,
+            None => {}
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
         }
         Ok(())
     }

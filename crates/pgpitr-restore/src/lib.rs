@@ -6,6 +6,7 @@ pub mod execute;
 pub mod inventory;
 pub mod plan;
 pub mod target;
+pub mod window_cache;
 
 pub use execute::{execute, ExecuteOptions, RestoreReport};
 pub use inventory::{Inventory, Status};

@@ -69,6 +69,13 @@ impl std::fmt::Display for Plan {
     }
 }
 
+/// The backup folder's lock, shared with basebackup and other restores: taken before
+/// planning, so walprune (which takes it exclusively) cannot remove a backup or WAL between
+/// the plan's checks and the replay that relies on them.
+pub fn lock(cfg: &pgpitr_config::Config) -> Result<pgpitr_durable::FileLock> {
+    Ok(pgpitr_backup::lock_shared(&cfg.backup.dir)?)
+}
+
 /// Chooses and checks everything a restore needs; `Refused` explains what is possible.
 pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) -> Result<Plan> {
     if inv.backups.is_empty() {
@@ -89,21 +96,30 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
         })?),
         None => None,
     };
-    let base_tli = forced
-        .map(|b| b.timeline)
-        .unwrap_or_else(|| inv.backups.iter().map(|b| b.timeline).min().unwrap_or(1));
-    let timeline = req
-        .timeline
-        .unwrap_or_else(|| inv.latest_timeline_from(base_tli));
+    // The timeline to follow comes from the history model: the live timeline, or for a
+    // backup on an abandoned branch the newest timeline whose history holds it.
+    let timeline = match (req.timeline, forced) {
+        (Some(t), _) => t,
+        (None, Some(b)) if !inv.history.is_live(b) => {
+            let t = inv.latest_timeline_from(b.timeline);
+            match inv.path_to(t) {
+                Ok(p) if Inventory::backup_on_path(b, &p) => t,
+                _ => b.timeline,
+            }
+        }
+        (None, _) => inv.history.live,
+    };
     let path = inv.path_to(timeline)?;
-    let candidates: Vec<&BackupInfo> = inv
-        .backups
-        .iter()
-        .filter(|b| Inventory::backup_on_path(b, &path))
-        .collect();
+    let candidates: Vec<&BackupInfo> =
+        pgpitr_wal::history::History::on_path_ordered(&path, &inv.backups);
     if candidates.is_empty() {
         return Err(RestoreError::Refused(format!(
-            "no backup lies on the history of timeline {timeline}"
+            "no backup lies on the history of timeline {timeline}{}",
+            if inv.history.warnings.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", inv.history.warnings.join("; "))
+            }
         )));
     }
     let oldest = candidates[0];
@@ -143,7 +159,7 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
     let stop_seg = chosen.stop_lsn.segno(seg);
     let walk = inv.walk_from_lsn(&path, Lsn((stop_seg + 1) * seg));
     let end_segno = walk.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
-    let last = inv.last_xact_end(bins, decoder, &path, end_segno, chosen.start_lsn.segno(seg))?;
+    let last = inv.last_xact_end(bins, decoder, &path, end_segno, stop_seg)?;
     let window_end = last
         .map(|x| x.time)
         .unwrap_or(chosen.stop_time)
@@ -174,7 +190,9 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
             }
         ))
     };
+    // What the history model could not follow is shown with every plan.
     let mut warnings = Vec::new();
+    warnings.extend(inv.history.warnings.iter().cloned());
     match &req.target {
         Target::Time(t) => {
             if *t < chosen.stop_time {
@@ -218,12 +236,35 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
             }
         }
         Target::Xid(_) | Target::Name(_) => {
-            if !gaps.is_empty() {
-                warnings.push(format!(
-                    "WAL is missing after {}: {}; the target must lie before the gap",
-                    fmt_time(window_end),
-                    gaps.join(", ")
-                ));
+            let (mark, what) = match &req.target {
+                Target::Xid(x) => (
+                    pgpitr_pg::WalMark::XactEnd(*x),
+                    format!("transaction {x} does not commit or abort"),
+                ),
+                Target::Name(n) => (
+                    pgpitr_pg::WalMark::RestorePoint(n),
+                    format!("there is no restore point named {n:?}"),
+                ),
+                _ => unreachable!(),
+            };
+            let from = chosen.start_lsn.segno(seg);
+            if inv
+                .find_mark(bins, decoder, &path, from, end_segno, mark)?
+                .is_none()
+            {
+                return Err(refuse_after(format!(
+                    "{what} in the archived WAL after backup {} ({} .. {})",
+                    chosen.id,
+                    segment_name((from, chosen.timeline), seg),
+                    segment_name(
+                        (
+                            end_segno,
+                            pgpitr_wal::history::reads_from(&path, end_segno, seg)
+                                .unwrap_or(timeline)
+                        ),
+                        seg
+                    )
+                )));
             }
         }
         Target::Immediate => {}

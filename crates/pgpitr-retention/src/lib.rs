@@ -49,20 +49,30 @@ pub struct PrunePlan {
     pub delete_bytes: u64,
     pub window_before: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub window_after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The timeline the archive's history leads to: "newest" means newest on it.
+    pub live_timeline: u32,
+    /// What the history model could not follow (retention then keeps more, never less).
+    pub warnings: Vec<String>,
     #[serde(skip)]
     object_paths: Vec<PathBuf>,
 }
 
-/// Computes what the policy removes. Reads only names, sizes and backup.json files.
+/// Computes what the policy removes. Reads names, sizes, backup.json files and the
+/// timeline history files; the order of backups and the WAL each needs come from the one
+/// history model (`pgpitr_wal::history`).
 pub fn plan(cfg: &Config, now: DateTime<Utc>) -> Result<PrunePlan> {
     let policy = cfg.retention.as_ref().ok_or(RetentionError::NoPolicy)?;
-    let backups = pgpitr_backup::catalog(&cfg.backup.dir)?;
+    let catalog = pgpitr_backup::catalog(&cfg.backup.dir)?;
     let store = Store::new(&cfg.archive.dir);
     let seg = store
         .meta()?
         .map(|m| m.wal_segment_size)
-        .or_else(|| backups.first().map(|b| b.wal_segment_size))
+        .or_else(|| catalog.first().map(|b| b.wal_segment_size))
         .unwrap_or(16 << 20);
+    let objects = store.list()?;
+    let history = load_history(cfg, &store, &objects, &catalog);
+    // Along the history: abandoned branches first, the live timeline's newest last.
+    let backups: Vec<&pgpitr_backup::BackupInfo> = history.order(&catalog);
     let refs: Vec<BackupRef> = backups
         .iter()
         .map(|b| BackupRef {
@@ -72,20 +82,26 @@ pub fn plan(cfg: &Config, now: DateTime<Utc>) -> Result<PrunePlan> {
         })
         .collect();
     let kept = policy::kept(&refs, policy, now);
-    let objects = store.list()?;
     let orefs: Vec<ObjectRef> = objects
         .iter()
         .map(|o| ObjectRef {
             name: o.name.to_string(),
+            tli: o.name.tli(),
             segno: o.name.segno(seg),
             bytes: o.stored_bytes,
         })
         .collect();
-    let kept_starts = refs
+    let kept_infos: Vec<&pgpitr_backup::BackupInfo> = backups
         .iter()
+        .copied()
         .filter(|b| kept.contains(&b.id))
-        .map(|b| b.start_segno);
-    let prunable = policy::prunable_objects(&orefs, kept_starts);
+        .collect();
+    let prunable = if kept_infos.is_empty() {
+        // No backup: nothing can be restored from this WAL, but nothing is known either.
+        Vec::new()
+    } else {
+        policy::prunable_by_history(&orefs, &history.needed(&kept_infos, seg))
+    };
     let prunable_names: std::collections::HashSet<&str> =
         prunable.iter().map(|o| o.name.as_str()).collect();
     let object_paths: Vec<PathBuf> = objects
@@ -119,13 +135,20 @@ pub fn plan(cfg: &Config, now: DateTime<Utc>) -> Result<PrunePlan> {
         }
     }
     let newest = newest_restorable(cfg);
-    let window = |ids: &mut dyn Iterator<Item = &pgpitr_backup::BackupInfo>| -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        let oldest = ids.map(|b| b.stop_time).min()?;
+    // The window is the live timeline's: from its oldest backup to its newest transaction.
+    let window = |keep_only: bool| -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let oldest = backups
+            .iter()
+            .filter(|b| history.is_live(**b) && (!keep_only || kept.contains(&b.id)))
+            .map(|b| b.stop_time)
+            .min()?;
         Some((oldest, newest.unwrap_or(oldest).max(oldest)))
     };
     Ok(PrunePlan {
-        window_before: window(&mut backups.iter()),
-        window_after: window(&mut backups.iter().filter(|b| kept.contains(&b.id))),
+        window_before: window(false),
+        window_after: window(true),
+        live_timeline: history.live,
+        warnings: history.warnings.clone(),
         kept_backups: backups
             .iter()
             .filter(|b| kept.contains(&b.id))
@@ -144,7 +167,7 @@ pub fn plan(cfg: &Config, now: DateTime<Utc>) -> Result<PrunePlan> {
     })
 }
 
-/// Newest restorable time along the latest timeline, when it can be read here.
+/// Newest restorable time along the live timeline, when it can be read here.
 fn newest_restorable(cfg: &Config) -> Option<DateTime<Utc>> {
     let decoder = pgpitr_wal::codec::Decoder::from_config(cfg.encryption.as_ref()).ok()?;
     let inv = pgpitr_restore::Inventory::load(cfg, &decoder).ok()?;
@@ -153,6 +176,30 @@ fn newest_restorable(cfg: &Config) -> Option<DateTime<Utc>> {
         .ok()?
         .window
         .map(|w| w.newest)
+}
+
+/// The history model for retention. History files are read with the configured identity;
+/// an encrypted archive without it gets the graph-less model (timeline-blind floor).
+fn load_history(
+    cfg: &Config,
+    store: &Store,
+    objects: &[pgpitr_wal::store::Object],
+    catalog: &[pgpitr_backup::BackupInfo],
+) -> pgpitr_wal::history::History {
+    use pgpitr_wal::history::History;
+    let seen = objects
+        .iter()
+        .map(|o| o.name.tli())
+        .chain(catalog.iter().map(|b| b.timeline));
+    let timelines = pgpitr_wal::codec::Decoder::from_config(cfg.encryption.as_ref())
+        .and_then(|d| pgpitr_wal::chain::timelines_from(store, objects, &d));
+    match timelines {
+        Ok(t) => History::new(t, seen),
+        Err(e) => {
+            tracing::warn!("timeline history unreadable: {e}");
+            History::without_graph(seen, e.to_string())
+        }
+    }
 }
 
 /// Deletes what `plan` lists: each backup's backup.json first (so a half-deleted backup
@@ -267,6 +314,10 @@ impl std::fmt::Display for PrunePlan {
             Some((a, b)) => format!("{} to {}", a.to_rfc3339(), b.to_rfc3339()),
             None => "none".into(),
         };
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        writeln!(f, "live timeline: {}", self.live_timeline)?;
         writeln!(f, "keep backups: {}", self.kept_backups.join(", "))?;
         for b in &self.delete_backups {
             writeln!(f, "delete backup {b}")?;

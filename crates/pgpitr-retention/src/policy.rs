@@ -17,7 +17,10 @@ pub struct BackupRef {
 /// Names the period (day, ISO week, month, year) a time falls in.
 type Bucket = fn(&DateTime<Utc>) -> String;
 
-/// Ids of the backups to keep (`backups` oldest first). The newest is always kept.
+/// Ids of the backups to keep (`backups` oldest first along the history, as
+/// `History::order` gives them: the last one is the newest on the live timeline). The newest
+/// is always kept; `keep_last` counts back along the history, so backups on an abandoned
+/// branch never push the live timeline's out; the period rules look at each backup's time.
 pub fn kept(
     backups: &[BackupRef],
     policy: &RetentionConfig,
@@ -69,6 +72,7 @@ pub fn kept(
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectRef {
     pub name: String,
+    pub tli: u32,
     /// Segment number (segments, partials, .backup files); None for .history files.
     pub segno: Option<u64>,
     pub bytes: u64,
@@ -88,6 +92,18 @@ pub fn prunable_objects(
     objects
         .iter()
         .filter(|o| o.segno.map(|s| s < floor).unwrap_or(false))
+        .collect()
+}
+
+/// The archive objects the history model says nobody needs (`needed`: what the kept
+/// backups and the window read, from `History::needed`).
+pub fn prunable_by_history<'a>(
+    objects: &'a [ObjectRef],
+    needed: &pgpitr_wal::history::Needed,
+) -> Vec<&'a ObjectRef> {
+    objects
+        .iter()
+        .filter(|o| !needed.needs(o.tli, o.segno))
         .collect()
 }
 
@@ -132,11 +148,13 @@ mod tests {
         let objs: Vec<ObjectRef> = (1..10)
             .map(|s| ObjectRef {
                 name: format!("s{s}"),
+                tli: 1,
                 segno: Some(s),
                 bytes: 1,
             })
             .chain([ObjectRef {
                 name: "00000002.history".into(),
+                tli: 2,
                 segno: None,
                 bytes: 1,
             }])

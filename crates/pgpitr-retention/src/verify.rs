@@ -163,10 +163,8 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
         let Ok(path) = timelines.path_to(t) else {
             continue;
         };
-        let on_path: Vec<&pgpitr_backup::BackupInfo> = backups
-            .iter()
-            .filter(|b| pgpitr_restore::Inventory::backup_on_path(b, &path))
-            .collect();
+        let on_path: Vec<&pgpitr_backup::BackupInfo> =
+            pgpitr_wal::history::History::on_path_ordered(&path, &backups);
         let Some(oldest) = on_path.first() else {
             continue;
         };

@@ -70,7 +70,7 @@ proptest! {
             prop_assert!(keep.len() >= (n as usize).min(backups.len()));
         }
         let refs: Vec<ObjectRef> = objects.iter().map(|o| ObjectRef {
-            name: o.name.to_string(), segno: o.name.segno(SEG), bytes: o.stored_bytes,
+            name: o.name.to_string(), tli: o.name.tli(), segno: o.name.segno(SEG), bytes: o.stored_bytes,
         }).collect();
         let kept_starts: Vec<u64> = backups.iter().filter(|b| keep.contains(&b.id)).map(|b| b.start_segno).collect();
         let pruned: std::collections::HashSet<String> =

@@ -1,6 +1,7 @@
 //! The WAL chain a restore needs: which segment comes from which timeline, where it is
 //! contiguous, and which segments are missing.
 
+use crate::history::reads_from;
 use crate::names::WalName;
 use crate::store::Object;
 use crate::timeline::{TimelineRange, Timelines};
@@ -27,18 +28,12 @@ impl<'a> SegmentIndex<'a> {
         self.by_key.get(&(tli, segno)).copied()
     }
 
-    /// Highest segment number present inside the stretch each timeline of `path` covers
+    /// Highest segment number present on `path`: only the copies PostgreSQL would read
     /// (segments a timeline wrote after it was left behind belong to another history).
     pub fn max_segno_on(&self, path: &[TimelineRange]) -> Option<u64> {
         self.by_key
             .keys()
-            .filter(|(t, s)| {
-                path.iter().any(|r| {
-                    r.tli == *t
-                        && r.begin.segno(self.seg_size) <= *s
-                        && r.end.map(|e| *s <= e.segno(self.seg_size)).unwrap_or(true)
-                })
-            })
+            .filter(|(t, s)| reads_from(path, *s, self.seg_size) == Some(*t))
             .map(|(_, s)| *s)
             .max()
     }
@@ -78,16 +73,6 @@ pub struct ChainWalk {
     pub gaps: Vec<Gap>,
 }
 
-/// Timeline a segment is read from: the newest range whose begin segment is <= segno, as
-/// PostgreSQL's XLogFileReadAnyTLI does, falling back to older ranges that still cover it.
-fn candidates(path: &[TimelineRange], segno: u64, seg_size: u64) -> impl Iterator<Item = u32> + '_ {
-    path.iter().rev().filter_map(move |r| {
-        let begins = r.begin.segno(seg_size) <= segno;
-        let covers = r.end.map(|e| segno <= e.segno(seg_size)).unwrap_or(true);
-        (begins && covers).then_some(r.tli)
-    })
-}
-
 /// Walks segments from `start` (a backup's start LSN) to `end_segno` (or the newest segment
 /// on the path when `None`).
 pub fn walk(
@@ -110,7 +95,10 @@ pub fn walk(
     let mut contiguous_end = None;
     let mut broken = false;
     for segno in first..=last {
-        let found = candidates(path, segno, seg_size).find(|t| index.get(*t, segno).is_some());
+        // Only the timeline PostgreSQL reads this segment from counts: a parent's copy of the
+        // switch segment holds the abandoned branch past the switch point.
+        let from = reads_from(path, segno, seg_size).unwrap_or(path[0].tli);
+        let found = index.get(from, segno).map(|_| from);
         match found {
             Some(tli) => {
                 segments.push((segno, tli));
@@ -120,9 +108,7 @@ pub fn walk(
             }
             None => {
                 broken = true;
-                let tli = candidates(path, segno, seg_size)
-                    .next()
-                    .unwrap_or(path[0].tli);
+                let tli = from;
                 let name = WalName::segment(tli, segno, seg_size);
                 match gaps.last_mut() {
                     Some(g) if g.tli == tli && g.last.segno(seg_size) == Some(segno - 1) => {
@@ -218,5 +204,18 @@ mod tests {
         assert!(w.gaps.is_empty());
         let w = walk(&idx, &path, Lsn(9 * SEG), None);
         assert!(w.gaps.is_empty() && w.segments.is_empty() && w.contiguous_end.is_none());
+
+        // Timeline 2's copy of the switch segment is missing: timeline 1's copy (which
+        // holds the abandoned branch past the switch) does not stand in for it.
+        let objs: Vec<Object> = (2..=9)
+            .map(|s| obj(1, s))
+            .chain([6, 7, 8].into_iter().map(|s| obj(2, s)))
+            .collect();
+        let idx = SegmentIndex::new(&objs, SEG);
+        let w = walk(&idx, &path, Lsn(2 * SEG), None);
+        assert_eq!(w.contiguous_end, Some((4, 1)));
+        assert_eq!(w.gaps.len(), 1);
+        assert_eq!(w.gaps[0].first.to_string(), "000000020000000000000005");
+        assert!(!w.segments.contains(&(5, 1)));
     }
 }

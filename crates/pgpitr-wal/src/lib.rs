@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod codec;
 pub mod header;
+pub mod history;
 pub mod lsn;
 pub mod metrics;
 pub mod names;

@@ -249,6 +249,8 @@ impl Store {
             .len();
         if matches!(name, WalName::Segment { .. } | WalName::Partial { .. }) {
             self.check_segment(&mut file, size, name, pg_version)?;
+        } else {
+            self.check_pushing_cluster(src, name)?;
         }
         if let Some(existing) = self.find(name)? {
             return self.compare_existing(&mut file, name, existing);
@@ -347,6 +349,40 @@ impl Store {
         self.ensure_meta(meta, name)?;
         file.seek(SeekFrom::Start(0))
             .map_err(|e| WalError::io("seek", e))?;
+        Ok(())
+    }
+
+    /// `.history` and `.backup` files carry no system identifier: the pushing cluster's is
+    /// read from `global/pg_control` next to its `pg_wal` (archive_command runs in the data
+    /// folder) and must match the archive's, once the archive has one.
+    fn check_pushing_cluster(&self, src: &Path, name: &WalName) -> Result<()> {
+        let Some(meta) = self.meta()? else {
+            return Ok(());
+        };
+        let data = match src.parent() {
+            Some(p) if p.file_name().is_some_and(|n| n == "pg_wal") => {
+                p.parent().unwrap_or(Path::new(""))
+            }
+            _ => Path::new(""),
+        };
+        let control = data.join("global").join("pg_control");
+        let mut head = [0u8; 8];
+        let read = File::open(&control).and_then(|mut f| f.read_exact(&mut head));
+        if let Err(e) = read {
+            return Err(WalError::Invalid(format!(
+                "cannot tell which cluster {name} comes from: {} ({e}); archive-wal must run as archive_command, in the data folder, with %p",
+                control.display()
+            )));
+        }
+        let found = u64::from_le_bytes(head);
+        if found != meta.system_identifier {
+            return Err(WalError::ForeignCluster {
+                name: name.to_string(),
+                found,
+                expected: meta.system_identifier,
+                archive: self.dir.display().to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -503,6 +539,28 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("renamed"), "{err}");
         assert_eq!(s.list().unwrap().len(), 1);
+
+        // .history and .backup carry no system identifier: pg_control next to pg_wal does.
+        let data = d.path().join("data");
+        fs::create_dir_all(data.join("pg_wal")).unwrap();
+        fs::create_dir_all(data.join("global")).unwrap();
+        let hist = data.join("pg_wal").join("00000002.history");
+        fs::write(&hist, b"1\t0/5000000\tno recovery target specified\n").unwrap();
+        let hname = WalName::parse("00000002.history").unwrap();
+        let bname = WalName::parse("000000010000000000000005.00000028.backup").unwrap();
+        fs::write(data.join("global/pg_control"), 43u64.to_le_bytes()).unwrap();
+        for n in [&hname, &bname] {
+            let err = s.push(&hist, n, &e, None).unwrap_err();
+            assert!(
+                matches!(err, WalError::ForeignCluster { found: 43, .. }),
+                "{err}"
+            );
+        }
+        let err = s.push(&src, &hname, &e, None).unwrap_err();
+        assert!(err.to_string().contains("pg_control"), "{err}");
+        fs::write(data.join("global/pg_control"), 42u64.to_le_bytes()).unwrap();
+        s.push(&hist, &hname, &e, None).unwrap();
+        assert_eq!(s.list().unwrap().len(), 2);
     }
 
     #[test]

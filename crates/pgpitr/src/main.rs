@@ -286,6 +286,8 @@ fn main() -> ExitCode {
             }
             let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+            // Held until the restore is done: walprune must not prune what the plan checked.
+            let _lock = pgpitr_restore::plan::lock(&cfg)?;
             let inv = Inventory::load(&cfg, &decoder)?;
             let p = plan(
                 &inv,
