@@ -278,6 +278,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         target: Target::Time(target),
         backup: None,
         timeline: None,
+        exclusive: false,
     };
     let p = plan(&inv, &bins, &decoder, &req)?;
     n.say(&format!(

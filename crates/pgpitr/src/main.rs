@@ -47,6 +47,10 @@ enum Cmd {
         /// Follow this timeline instead of the latest.
         #[arg(long)]
         timeline: Option<u32>,
+        /// Stop just before the target (xid:, time and lsn: targets), e.g. before the
+        /// commit of the DELETE's own transaction.
+        #[arg(long)]
+        exclusive: bool,
         /// Let the restored server archive into the instance's archive (it becomes the new primary).
         #[arg(long)]
         archive: bool,
@@ -224,6 +228,7 @@ fn main() -> ExitCode {
             port,
             backup,
             timeline,
+            exclusive,
             archive,
             dry_run,
             json,
@@ -232,6 +237,9 @@ fn main() -> ExitCode {
         } => {
             let t0 = Instant::now();
             let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+            if *exclusive {
+                target.check_exclusive().map_err(anyhow::Error::msg)?;
+            }
             let mut cfg = cli.config.load()?;
             let mut config_path = cli.config.path()?;
             pgpitr_restore::execute::check_target_dir(into)?;
@@ -272,6 +280,7 @@ fn main() -> ExitCode {
                     target,
                     backup: backup.clone(),
                     timeline: *timeline,
+                    exclusive: *exclusive,
                 },
             )?;
             let plan_secs = t0.elapsed().as_secs_f64();
