@@ -26,6 +26,13 @@ fn xact(db: &mut postgres::Client, sql: &str) -> (u32, String) {
     t.batch_execute(sql).unwrap();
     let xid: i64 = t.query_one("SELECT txid_current()", &[]).unwrap().get(0);
     t.commit().unwrap();
+    let on: String = db
+        .query_one("SELECT current_setting('track_commit_timestamp')", &[])
+        .unwrap()
+        .get(0);
+    if on != "on" {
+        return (xid as u32, String::new());
+    }
     let ts = db
         .query_one(
             "SELECT to_char(pg_xact_commit_timestamp($1::text::xid) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
@@ -220,6 +227,56 @@ fn finds_each_destructive_transaction_among_traffic_and_undoes_it() {
         .unwrap()
         .iter()
         .all(|i| i["xid"] != del));
+
+    // --before-incident takes the top one (the DROP TABLE) and says so; not a terminal, so
+    // it does not ask.
+    let dry = c.tool(
+        "pgpitr",
+        &[
+            "restore",
+            "--before-incident",
+            "--into",
+            c.root.join("unused").to_str().unwrap(),
+            "--port",
+            "5434",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    let dry = dry.ok();
+    assert!(
+        dry.stderr.contains(&format!(
+            "restoring to just before #1 DROP TABLE xid {drop}"
+        )),
+        "{}",
+        dry.stderr
+    );
+    let p: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(p["target"]["kind"], "xid");
+    assert_eq!(p["target"]["value"], drop);
+    assert_eq!(p["exclusive"], true);
+    // --exclusive means nothing for `latest`: refused, clearly.
+    let bad = c.tool(
+        "pgpitr",
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--exclusive",
+            "--into",
+            "/nonexistent/x",
+            "--port",
+            "5434",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr
+            .contains("--exclusive applies to xid:N, time and lsn:X/Y targets only"),
+        "{}",
+        bad.stderr
+    );
 
     // The printed command: every deleted row back, nothing committed after the DELETE.
     let into = c.root.join("before-delete");
