@@ -341,3 +341,70 @@ mod tests {
         assert_eq!(super::thousands(3000), "3,000");
     }
 }
+
+#[cfg(test)]
+mod choose_tests {
+    use super::*;
+
+    fn report(n: usize) -> Report {
+        let inc = |rank: usize| Incident {
+            rank,
+            kind: Kind::Delete,
+            xid: 700 + rank as u32,
+            committed_at: Utc::now(),
+            commit_lsn: Lsn(0x3000000),
+            rows_deleted: 10,
+            rows_updated: 0,
+            rows_inserted: 0,
+            large: true,
+            relations: vec![],
+            dropped_databases: vec![],
+            relmap_updates: 0,
+            restore_target: format!("xid:{}", 700 + rank),
+            restore_command: String::new(),
+        };
+        Report {
+            scanned: Scanned {
+                timelines: vec![1],
+                first_segment: None,
+                last_segment: None,
+                segments: 1,
+                wal_bytes: 0,
+                records: 0,
+                committed: 0,
+                aborted: 0,
+                still_open: 0,
+                first_commit: None,
+                last_commit: None,
+                p99_rows: 0,
+                seconds: 0.0,
+                jobs: 1,
+            },
+            names_from: vec![],
+            incidents: (1..=n).map(inc).collect(),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn top_one_without_a_terminal_and_the_operator_s_pick_with_one() {
+        let r = report(3);
+        assert_eq!(choose(&r, None).unwrap().xid, 701);
+        let mut out = Vec::new();
+        let mut input = std::io::Cursor::new(b"2\n".to_vec());
+        assert_eq!(choose(&r, Some((&mut input, &mut out))).unwrap().xid, 702);
+        let shown = String::from_utf8(out).unwrap();
+        assert!(shown.contains("3) DELETE xid 703"), "{shown}");
+        let mut input = std::io::Cursor::new(b"\n".to_vec());
+        assert_eq!(
+            choose(&r, Some((&mut input, &mut Vec::new()))).unwrap().xid,
+            701
+        );
+        let mut input = std::io::Cursor::new(b"9\n".to_vec());
+        assert!(choose(&r, Some((&mut input, &mut Vec::new()))).is_err());
+        assert!(choose(&report(0), None)
+            .unwrap_err()
+            .to_string()
+            .contains("no incident found"));
+    }
+}
