@@ -9,6 +9,11 @@ use std::process::{Child, Command};
 
 /// pgbench from the PostgreSQL binaries, as the server's account.
 fn pgbench(c: &Cluster, args: &[&str]) -> Command {
+    assert!(
+        c.bins.path("pgbench").is_file(),
+        "{} is missing: apt-get install -y postgresql-15 (pgbench ships with the server)",
+        c.bins.path("pgbench").display()
+    );
     let mut cmd = pgpitr_pg::command_as(&c.bins.path("pgbench"), c.account.as_ref());
     cmd.arg("-h")
         .arg(&c.cfg.postgres.socket_dir)
