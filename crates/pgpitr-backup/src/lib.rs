@@ -6,6 +6,7 @@
 
 mod manifest;
 pub mod metrics;
+pub mod relnames;
 
 use chrono::{DateTime, Utc};
 use pgpitr_config::Config;
@@ -346,6 +347,7 @@ pub fn take(config: &Config, progress: &mut dyn FnMut(&str)) -> Result<BackupInf
         manifest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes)),
         duration_seconds: started.elapsed().as_secs_f64(),
     };
+    relnames::write_snapshot(&ep, &dir, progress);
     let body = serde_json::to_vec_pretty(&info).expect("backup.json serialises");
     write_new(&dir.join(BACKUP_JSON), &body, 0o640)?;
     guard.disarm();

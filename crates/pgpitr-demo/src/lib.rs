@@ -1,8 +1,9 @@
 //! `pgpitr demo`: the whole story on a throw-away cluster. Creates a PostgreSQL cluster that
 //! archives through archive-wal, takes a base backup, writes timestamped rows, runs a
-//! `DELETE` without `WHERE`, restores to the second before it and shows every row back.
+//! `DELETE` without `WHERE`, finds it in the WAL with `pgpitr incidents`, restores to just
+//! before it and shows every row back.
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use pgpitr_config::{
     ArchiveConfig, BackupConfig, Compression, Config, PostgresConfig, ToolsConfig,
 };
@@ -24,6 +25,8 @@ pub enum DemoError {
     Restore(#[from] pgpitr_restore::RestoreError),
     #[error(transparent)]
     Io(#[from] pgpitr_durable::IoError),
+    #[error(transparent)]
+    Incidents(#[from] pgpitr_incidents::IncidentsError),
     #[error("{0}")]
     Failed(String),
 }
@@ -245,15 +248,6 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     }
     n.say(&format!("wrote {} orders, one every 150 ms", opts.rows));
 
-    // The second before the accident: wait until a whole second has passed since the last
-    // row, take that second as the target, then let the next second start.
-    std::thread::sleep(Duration::from_millis(1100));
-    let target = Utc::now()
-        .duration_trunc(TimeDelta::seconds(1))
-        .expect("truncate to seconds");
-    while Utc::now() < target + TimeDelta::milliseconds(1100) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let deleted = db
         .execute("DELETE FROM orders", &[])
         .map_err(pgpitr_pg::PgError::from)?;
@@ -273,19 +267,47 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     wait_archived(&mut db, &seg)?;
     n.say(&format!("archived the WAL holding the DELETE ({seg})"));
 
+    // Nobody has to guess the second: the WAL says which transaction it was.
+    let report = pgpitr_incidents::scan(
+        &cfg,
+        &pgpitr_incidents::ScanOptions {
+            config_path: cfg_path.display().to_string(),
+            ..Default::default()
+        },
+        &mut |_| {},
+    )?;
+    n.say(&format!(
+        "pgpitr incidents: scanned {} segment(s), {} transactions",
+        report.scanned.segments, report.scanned.committed
+    ));
+    let top = report
+        .incidents
+        .first()
+        .ok_or_else(|| DemoError::Failed(format!("pgpitr incidents found nothing: {report}")))?;
+    println!("          #{} {}", top.rank, top.summary());
+    println!("          {}", top.restore_command);
+    if top.kind != pgpitr_incidents::Kind::Delete
+        || top.rows_deleted != deleted
+        || !top.relations.iter().any(|r| r.relation == "public.orders")
+    {
+        return Err(DemoError::Failed(format!(
+            "expected the DELETE of {deleted} rows from public.orders on top, found: {}",
+            top.summary()
+        )));
+    }
+    let target = top.committed_at;
     let decoder = Decoder::plain();
     let inv = Inventory::load(&cfg, &decoder)?;
     let req = PlanRequest {
-        target: Target::Time(target),
+        target: Target::Xid(top.xid.into()),
         backup: None,
         timeline: None,
+        exclusive: true,
     };
     let p = plan(&inv, &bins, &decoder, &req)?;
     n.say(&format!(
-        "restore plan: backup {}, {} archived segment(s), target {}",
-        p.backup.id,
-        p.segments,
-        target.format("%H:%M:%S")
+        "restore plan: backup {}, {} archived segment(s), to just before transaction {}",
+        p.backup.id, p.segments, top.xid
     ));
     let restored = root.join("restored");
     let ropts = ExecuteOptions {

@@ -248,7 +248,7 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
             conf_quote(&cfg.postgres.socket_dir.display().to_string())
         ),
     ];
-    for (k, v) in plan.target.recovery_settings() {
+    for (k, v) in plan.target.recovery_settings_with(plan.exclusive) {
         lines.push(format!("{k} = {v}"));
     }
     if opts.archive {

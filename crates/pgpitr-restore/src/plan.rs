@@ -18,12 +18,16 @@ pub struct PlanRequest {
     pub backup: Option<String>,
     /// `--timeline N`: follow this timeline instead of the latest.
     pub timeline: Option<u32>,
+    /// `--exclusive`: stop just before the target (xid, time and lsn targets only).
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub backup: BackupInfo,
     pub target: Target,
+    /// Stop just before the target rather than just after it.
+    pub exclusive: bool,
     pub timeline: u32,
     /// Archived segments replay will read after the backup's own WAL.
     pub first_segment: Option<String>,
@@ -38,7 +42,16 @@ pub struct Plan {
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "target:   {}", self.target)?;
+        writeln!(
+            f,
+            "target:   {}{}",
+            self.target,
+            if self.exclusive {
+                " (exclusive: stop just before it)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(
             f,
             "backup:   {} (timeline {}, ended {} at {})",
@@ -78,6 +91,11 @@ pub fn lock(cfg: &pgpitr_config::Config) -> Result<pgpitr_durable::FileLock> {
 
 /// Chooses and checks everything a restore needs; `Refused` explains what is possible.
 pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) -> Result<Plan> {
+    if req.exclusive {
+        req.target
+            .check_exclusive()
+            .map_err(RestoreError::Refused)?;
+    }
     if inv.backups.is_empty() {
         return Err(RestoreError::Refused(
             "there is no complete base backup to restore from: take one with `basebackup --config ...`".into(),
@@ -281,6 +299,7 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
     Ok(Plan {
         backup: chosen.clone(),
         target: req.target.clone(),
+        exclusive: req.exclusive,
         timeline,
         first_segment,
         last_segment,

@@ -102,6 +102,30 @@ pub fn conf_quote(s: &str) -> String {
 impl Target {
     /// The recovery_target_* lines for postgresql.auto.conf.
     pub fn recovery_settings(&self) -> Vec<(String, String)> {
+        self.recovery_settings_with(false)
+    }
+
+    /// Same, with `--exclusive`: stop just before the target (`recovery_target_inclusive =
+    /// off`), e.g. before the commit of the DELETE's own transaction.
+    pub fn recovery_settings_with(&self, exclusive: bool) -> Vec<(String, String)> {
+        let mut s = self.target_lines();
+        if exclusive && !s.is_empty() {
+            s.push(("recovery_target_inclusive".into(), "off".into()));
+        }
+        s
+    }
+
+    /// Whether `--exclusive` means something for this target; the error says what to do.
+    pub fn check_exclusive(&self) -> Result<(), String> {
+        match self {
+            Target::Time(_) | Target::Xid(_) | Target::Lsn(_) => Ok(()),
+            other => Err(format!(
+                "--exclusive applies to xid:N, time and lsn:X/Y targets only, not to {other}: drop --exclusive"
+            )),
+        }
+    }
+
+    fn target_lines(&self) -> Vec<(String, String)> {
         let one = |k: &str, v: String| vec![(k.to_string(), v)];
         match self {
             Target::Time(t) => one(
@@ -171,5 +195,17 @@ mod tests {
         let t =
             Target::Time(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()).recovery_settings();
         assert_eq!(t[0].1, "'2026-01-02 03:04:05.000000+00'");
+    }
+
+    #[test]
+    fn exclusive_stops_before_the_target() {
+        let x = Target::Xid(735);
+        assert_eq!(x.recovery_settings().len(), 1);
+        let s = x.recovery_settings_with(true);
+        assert_eq!(s[1], ("recovery_target_inclusive".into(), "off".into()));
+        assert!(Target::Lsn(Lsn(1)).check_exclusive().is_ok());
+        for t in [Target::Latest, Target::Immediate, Target::Name("n".into())] {
+            assert!(t.check_exclusive().unwrap_err().contains("--exclusive"));
+        }
     }
 }

@@ -33,8 +33,15 @@ enum Cmd {
     /// Restore a cluster to a point in time into an empty folder and start it there.
     Restore {
         /// RFC 3339 time, "N minutes ago", xid:N, name:LABEL, lsn:X/Y, immediate or latest.
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "before_incident")]
+        to: Option<String>,
+        /// Restore to just before the top-ranked incident `pgpitr incidents` finds (asks
+        /// which one on a terminal); shows what it chose first.
+        #[arg(long, conflicts_with_all = ["to", "exclusive"])]
+        before_incident: bool,
+        /// With --before-incident: look at the WAL within 15 minutes of this time only.
+        #[arg(long, requires = "before_incident")]
+        around: Option<String>,
         /// Empty or new folder for the restored data.
         #[arg(long)]
         into: PathBuf,
@@ -47,6 +54,10 @@ enum Cmd {
         /// Follow this timeline instead of the latest.
         #[arg(long)]
         timeline: Option<u32>,
+        /// Stop just before the target (xid:, time and lsn: targets), e.g. before the
+        /// commit of the DELETE's own transaction.
+        #[arg(long)]
+        exclusive: bool,
         /// Let the restored server archive into the instance's archive (it becomes the new primary).
         #[arg(long)]
         archive: bool,
@@ -60,6 +71,30 @@ enum Cmd {
         /// Where `--from offsite` puts what it fetches (default: beside --into).
         #[arg(long)]
         staging: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find the bad moment in the archived WAL (DELETE without WHERE, TRUNCATE, DROP, large
+    /// UPDATE), ranked most destructive first, each with the restore that undoes it.
+    Incidents {
+        /// Only transactions committed at or after this time (RFC 3339 or "N minutes ago").
+        #[arg(long)]
+        since: Option<String>,
+        /// Only transactions committed at or before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Within 15 minutes either side of this time (unless --since/--until say otherwise).
+        #[arg(long)]
+        around: Option<String>,
+        /// List transactions that deleted or updated at least this many rows.
+        #[arg(long, default_value_t = 10)]
+        min_rows: u64,
+        /// Show at most this many incidents.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// pg_waldump processes at a time (default: CPUs, at most 4).
+        #[arg(long)]
+        jobs: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -134,6 +169,14 @@ fn tools_dir(configured: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(".")))
 }
 
+/// A `--since`/`--until`/`--around` time: the forms `--to` accepts for times.
+fn time_arg(flag: &str, s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match parse_target(s, chrono::Utc::now()).map_err(anyhow::Error::msg)? {
+        pgpitr_restore::Target::Time(t) => Ok(t),
+        other => anyhow::bail!("{flag} needs a time (RFC 3339 or \"N minutes ago\"), not {other}"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     run_main("pgpitr", || match &cli.command {
@@ -147,6 +190,51 @@ fn main() -> ExitCode {
                 "demo passed: {} rows written, {} left after the DELETE, {} restored",
                 out.rows_written, out.rows_after_delete, out.rows_restored
             );
+            Ok(())
+        }
+        Cmd::Incidents {
+            since,
+            until,
+            around,
+            min_rows,
+            limit,
+            jobs,
+            json,
+        } => {
+            let cfg = cli.config.load()?;
+            let opts = pgpitr_incidents::ScanOptions {
+                since: since
+                    .as_deref()
+                    .map(|s| time_arg("--since", s))
+                    .transpose()?,
+                until: until
+                    .as_deref()
+                    .map(|s| time_arg("--until", s))
+                    .transpose()?,
+                around: around
+                    .as_deref()
+                    .map(|s| time_arg("--around", s))
+                    .transpose()?,
+                min_rows: *min_rows,
+                jobs: *jobs,
+                live_names: true,
+                config_path: cli.config.path()?.display().to_string(),
+                limit: Some(*limit),
+            };
+            let tty = std::io::stderr().is_terminal();
+            let report = pgpitr_incidents::scan(&cfg, &opts, &mut |s| {
+                if tty && !*json {
+                    eprint!("\r\x1b[Kpgpitr: {s}");
+                }
+            })?;
+            if tty && !*json {
+                eprintln!();
+            }
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         Cmd::Verify { quick, json } => {
@@ -243,10 +331,13 @@ fn main() -> ExitCode {
         }
         Cmd::Restore {
             to,
+            before_incident: _,
+            around,
             into,
             port,
             backup,
             timeline,
+            exclusive,
             archive,
             dry_run,
             json,
@@ -254,8 +345,47 @@ fn main() -> ExitCode {
             staging,
         } => {
             let t0 = Instant::now();
-            let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
             let mut cfg = cli.config.load()?;
+            let (target, exclusive) = match to {
+                Some(to) => {
+                    let target =
+                        parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+                    if *exclusive {
+                        target.check_exclusive().map_err(anyhow::Error::msg)?;
+                    }
+                    (target, *exclusive)
+                }
+                None => {
+                    let opts = pgpitr_incidents::ScanOptions {
+                        around: around
+                            .as_deref()
+                            .map(|s| time_arg("--around", s))
+                            .transpose()?,
+                        config_path: cli.config.path()?.display().to_string(),
+                        ..Default::default()
+                    };
+                    let report = pgpitr_incidents::scan(&cfg, &opts, &mut |_| {})?;
+                    let interactive = !*json
+                        && !*dry_run
+                        && std::io::stdin().is_terminal()
+                        && std::io::stderr().is_terminal();
+                    let (stdin, mut stderr) = (std::io::stdin(), std::io::stderr());
+                    let mut lock = stdin.lock();
+                    let chosen = pgpitr_incidents::choose(
+                        &report,
+                        interactive.then_some((
+                            &mut lock as &mut dyn std::io::BufRead,
+                            &mut stderr as &mut dyn std::io::Write,
+                        )),
+                    )?;
+                    eprintln!(
+                        "pgpitr: restoring to just before #{} {}",
+                        chosen.rank,
+                        chosen.summary()
+                    );
+                    (pgpitr_restore::Target::Xid(chosen.xid.into()), true)
+                }
+            };
             let mut config_path = cli.config.path()?;
             pgpitr_restore::execute::check_target_dir(into)?;
             if from == "offsite" {
@@ -297,6 +427,7 @@ fn main() -> ExitCode {
                     target,
                     backup: backup.clone(),
                     timeline: *timeline,
+                    exclusive,
                 },
             )?;
             let plan_secs = t0.elapsed().as_secs_f64();
