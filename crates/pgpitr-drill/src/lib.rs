@@ -367,6 +367,7 @@ pub fn run(cfg: &Config, opts: &DrillOptions, say: &mut dyn FnMut(&str)) -> Resu
             target: target.clone(),
             backup: None,
             timeline: None,
+            exclusive: false,
         },
     ) {
         Ok(p) => {
