@@ -74,7 +74,8 @@ done
 t1=$(date +%s.%N)
 /usr/bin/time -f '%e %M' -o "$work/t.wd" "$BIN/pg_waldump" -p "$work/segments" -s "$(python3 -c "
 import sys; n=sys.argv[1]; seg=int(n[8:16],16)*256+int(n[16:],16); x=seg*16777216; print(f'{x>>32:X}/{x&0xffffffff:X}')" "$first")" > /dev/null 2>&1 || true
-read -r inc_s inc_kb < "$work/t.inc"; read -r wd_s wd_kb < "$work/t.wd"
+# /usr/bin/time prints "Command exited with non-zero status" first when pg_waldump stops at the end of the WAL
+read -r inc_s inc_kb < <(tail -n 1 "$work/t.inc"); read -r wd_s wd_kb < <(tail -n 1 "$work/t.wd")
 mib=$(( nseg * 16 ))
 printf 'load average before/after: %s / %s (nproc %s)\n' "$LOAD0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" 
 printf '%-58s %8s %8s %10s\n' "run ($nseg segments = $mib MiB of WAL, $records records)" seconds "MiB/s" "peak RSS"
@@ -82,3 +83,8 @@ printf '%-58s %8.2f %8.1f %7d MiB\n' "pgpitr incidents ($jobs jobs, incl. zstd d
 printf '%-58s %8.2f %8.1f %10s\n' "zstd -d of the same objects (one process)" "$(echo "$t1 - $t0" | bc)" "$(echo "$mib / ($t1 - $t0)" | bc -l)" "-"
 printf '%-58s %8.2f %8.1f %7d MiB\n' "pg_waldump alone on the decoded segments (one process)" "$wd_s" "$(echo "$mib / $wd_s" | bc -l)" $(( wd_kb / 1024 ))
 printf 'top incident: %s of %s rows (expected DELETE of 200000)\n' "$top" "$toprows"
+python3 -c "
+import json, sys
+for i in json.load(open(sys.argv[1]))['incidents'][:5]:
+    print('  #%d %s xid %d: %s' % (i['rank'], i['kind'], i['xid'], ', '.join('%s -%d ~%d +%d%s' % (r['relation'], r['deleted'], r['updated'], r['inserted'], ' truncated' if r['truncated'] else '') for r in i['relations'])))
+" "$work/inc.json"

@@ -403,32 +403,22 @@ fn classify(
     let mut any_dropped = false;
     let mut any_truncated = false;
     let mut any_rewritten = false;
-    let mut removed: Vec<RelFile> = e
+    // Storage TRUNCATE records are VACUUM cutting empty pages off the end (it takes an xid
+    // to log its lock); a user's TRUNCATE gives the table a new file instead, so only the
+    // files removed at commit count.
+    let removed: Vec<RelFile> = e
         .end
         .dropped_files
         .iter()
         .filter(|f| !created.contains(f))
         .copied()
         .collect();
-    // A file of a relation created before this transaction cut to nothing (TRUNCATE of a
-    // table created or truncated earlier in the same transaction).
-    removed.extend(
-        e.acc
-            .truncated_files
-            .iter()
-            .filter(|f| !created.contains(f)),
-    );
     for f in removed {
         let n = resolver.name(f);
         if n.catalog || matches!(n.kind.as_deref(), Some("i" | "I" | "t" | "S")) {
             continue;
         }
-        let truncated_in_place = e.acc.truncated_files.contains(&f);
-        let still_there = match (truncated_in_place, n.oid) {
-            (true, _) => Some(true),
-            (false, Some(oid)) => resolver.live_has(f.db, oid),
-            (false, None) => None,
-        };
+        let still_there = n.oid.and_then(|oid| resolver.live_has(f.db, oid));
         // Without the live server: new files in the same database mean the relation got a
         // new file (TRUNCATE, VACUUM FULL), none mean it is gone.
         let replaced = still_there.unwrap_or_else(|| created.iter().any(|c| c.db == f.db));
@@ -436,7 +426,7 @@ fn classify(
         if !replaced {
             changes[i].dropped = true;
             any_dropped = true;
-        } else if pg_class_inserts.get(&f.db).copied().unwrap_or(0) > 0 && !truncated_in_place {
+        } else if pg_class_inserts.get(&f.db).copied().unwrap_or(0) > 0 {
             // VACUUM FULL and CLUSTER build a transient relation (a pg_class insert);
             // TRUNCATE only swaps the file.
             changes[i].rewritten = true;
