@@ -145,6 +145,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
             dir: root.join("archive"),
             compression: Compression::Zstd,
             level: 3,
+            parallel: None,
         },
         backup: BackupConfig {
             dir: root.join("backups"),
@@ -160,6 +161,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         databases: Default::default(),
         provision: Default::default(),
         retention: None,
+        restore: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

@@ -190,6 +190,7 @@ impl Cluster {
                     .unwrap_or_else(|| root.join("archive")),
                 compression: Compression::Zstd,
                 level: opts.level,
+                parallel: None,
             },
             backup: BackupConfig {
                 dir: root.join("backups"),
@@ -210,6 +211,7 @@ impl Cluster {
                 wait_timeout_seconds: Some(30),
             },
             retention: None,
+            restore: Default::default(),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();

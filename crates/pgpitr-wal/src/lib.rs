@@ -4,9 +4,11 @@
 pub mod chain;
 pub mod codec;
 pub mod header;
+pub mod lookahead;
 pub mod lsn;
 pub mod metrics;
 pub mod names;
+pub mod prefetch;
 pub mod store;
 pub mod timeline;
 
