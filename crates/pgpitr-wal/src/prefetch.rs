@@ -86,7 +86,7 @@ pub fn restore(
     if prefetch > 0 && name.is_segment() {
         if let Err(e) = announce(&spool, name) {
             tracing::warn!("prefetch off for this call: {e}");
-        } else {
+        } else if !prefetcher_running(&spool) {
             start_prefetcher();
         }
     }
@@ -98,6 +98,15 @@ pub fn restore(
     }
     store.restore_object(&obj, decoder, dest)?;
     Ok(Restored::Fetched)
+}
+
+/// True when a prefetcher holds the spool's lock (it will follow the new `want`), so no
+/// process needs starting.
+fn prefetcher_running(spool: &Path) -> bool {
+    matches!(
+        FileLock::try_exclusive(&spool.join(LOCK), "prefetch"),
+        Err(pgpitr_durable::DurableError::Locked { .. })
+    )
 }
 
 fn announce(spool: &Path, name: &WalName) -> Result<()> {
@@ -225,23 +234,61 @@ pub fn run_prefetcher(
         let mut keep = targets.clone();
         keep.push(want.clone());
         let present = prune(store, &spool, &keep, &mut verified)?;
-        let mut fetched = false;
-        for t in &targets {
-            if present.contains(t) {
-                continue;
-            }
-            let Some(obj) = store.find(t)? else { break };
-            let mut tmp = TempFile::new_in(&spool, &t.to_string(), 0o600)?;
-            store.decode_object(&obj, decoder, tmp.file())?;
-            tmp.publish_replace_unsynced(&spool.join(entry_name(t, &obj.sha256)))?;
-            fetched = true;
-            if read_want(&spool).as_ref() != Some(&want) {
-                break;
-            }
-        }
+        let missing: Vec<&WalName> = targets.iter().filter(|t| !present.contains(t)).collect();
+        let fetched = fetch_parallel(store, decoder, &spool, &missing)?;
         if !fetched {
             std::thread::sleep(POLL);
         }
+    }
+}
+
+/// Fetches `names` in order into the spool with one worker per core; stops at the first name
+/// not archived yet. Returns whether anything was fetched; the first error ends the prefetcher.
+fn fetch_parallel(
+    store: &Store,
+    decoder: &Decoder,
+    spool: &Path,
+    names: &[&WalName],
+) -> Result<bool> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(names.len());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let fetched = AtomicBool::new(false);
+    let first_error = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(t) = names.get(i) else { break };
+                    let r = (|| -> Result<bool> {
+                        let Some(obj) = store.find(t)? else {
+                            return Ok(false);
+                        };
+                        let mut tmp = TempFile::new_in(spool, &t.to_string(), 0o600)?;
+                        store.decode_object(&obj, decoder, tmp.file())?;
+                        tmp.publish_replace_unsynced(&spool.join(entry_name(t, &obj.sha256)))?;
+                        Ok(true)
+                    })();
+                    match r {
+                        Ok(true) => fetched.store(true, Ordering::SeqCst),
+                        Ok(false) => stop.store(true, Ordering::SeqCst),
+                        Err(e) => {
+                            stop.store(true, Ordering::SeqCst);
+                            first_error.lock().expect("not poisoned").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(fetched.into_inner()),
     }
 }
 
