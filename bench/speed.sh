@@ -15,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEGMENTS=${SEGMENTS:-32}      # segments for (a) and (b)
-ROUNDS=${ROUNDS:-2}           # rounds of (a), (b), (c), variants in rotating order
+ROUNDS=${ROUNDS:-2}           # rounds of (a), (b), variants in rotating order
+REPLAY_ROUNDS=${REPLAY_ROUNDS:-$ROUNDS}  # rounds of (c)
 REPLAY_GIB=${REPLAY_GIB:-1}   # WAL replayed in (c)
 DURATION=${DURATION:-60}      # pgbench seconds per tool in (d)
 P=${P:-$(nproc)}              # our workers = pgbackrest process-max
@@ -31,7 +32,7 @@ checkpoint_timeout = '1h'
 fsync = off
 archive_mode = on
 archive_command = '/bin/true'"
-mkdir -p "$work/bin" "$work/segments"
+mkdir -p "$work/bin" "$work/segments" "$work/pgbr-spool"
 cp target/release/archive-wal target/release/restore-wal "$work/bin/"
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$work"
 psql() { as_pg /usr/bin/psql -h "$work/sock" -U postgres -qAt "$@"; }
@@ -40,7 +41,7 @@ now() { date +%s.%N; }
 echo "base backup, then >= $REPLAY_GIB GiB of pgbench WAL ..." >&2
 as_pg "$BIN/pg_basebackup" -h "$work/sock" -U postgres -D "$work/base" -X stream -c fast
 start=$(psql -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
-scale=${SCALE:-$(( REPLAY_GIB * 75 ))}
+scale=${SCALE:-$(( REPLAY_GIB * 90 ))}
 as_pg "$BIN/pgbench" -h "$work/sock" -U postgres -i -s "$scale" -q postgres >/dev/null 2>&1
 as_pg "$BIN/pgbench" -h "$work/sock" -U postgres -T 20 -c 2 postgres >/dev/null 2>&1
 psql -c "SELECT pg_switch_wal()" >/dev/null
@@ -195,15 +196,20 @@ replay_run() { # VARIANT -> secs
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$r"
   sync
   t0=$(now)
-  as_pg "$BIN/pg_ctl" start -D "$r" -l "$work/replay-$v.log" -w -t 3600 >/dev/null
+  # pg_ctl -w returns when recovery starts (no hot standby): wait for the end of recovery.
+  as_pg "$BIN/pg_ctl" start -D "$r" -l "$work/replay-$v.log" >/dev/null
+  until grep -q "database system is ready to accept connections" "$work/replay-$v.log" 2>/dev/null; do
+    sleep 0.05
+    grep -qE "FATAL|PANIC" "$work/replay-$v.log" 2>/dev/null && break
+  done
   t1=$(now)
   as_pg "$BIN/pg_ctl" stop -D "$r" -m immediate >/dev/null
-  grep -q "redo done" "$work/replay-$v.log" || { echo "replay $v did not finish: $work/replay-$v.log" >&2; exit 1; }
+  grep -q "redo done" "$work/replay-$v.log" || { echo "replay $v did not finish:" >&2; tail -20 "$work/replay-$v.log" >&2; exit 1; }
   rm -rf "$r"
   echo "$t1 - $t0" | bc
 }
 echo "(c) replay of $nall segments ..." >&2
-for round in $(seq 1 "$ROUNDS"); do
+for round in $(seq 1 "$REPLAY_ROUNDS"); do
   for v in $(rotate "$round" "local one la"); do
     s=$(replay_run "$v"); keep "c-$v" "$s" 0
   done
@@ -268,4 +274,4 @@ printf '\n(d) pgbench -c 4 -j 2, %ss at full speed, archive_command = tool\n%-36
 for v in one la pgbr pgbr-async; do
   printf '%-36s %10s %10.1f %10s\n' "$(label $v)" "${ready[$v]}" "${drain[$v]}" "${walmb[$v]}"
 done
-echo "(best of $ROUNDS rounds for (a)-(c), variants interleaved in rotating order)"
+echo "(best of $ROUNDS rounds for (a), (b) and $REPLAY_ROUNDS for (c), variants interleaved in rotating order)"
