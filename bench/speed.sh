@@ -20,6 +20,7 @@ REPLAY_ROUNDS=${REPLAY_ROUNDS:-$ROUNDS}  # rounds of (c)
 REPLAY_GIB=${REPLAY_GIB:-1}   # WAL replayed in (c)
 DURATION=${DURATION:-60}      # pgbench seconds per tool in (d)
 P=${P:-$(nproc)}              # our workers = pgbackrest process-max
+PARTS=${PARTS:-abcd}          # which parts to run ((a) always runs: (b) reads its archives)
 . bench/lib.sh
 for t in "$BIN/initdb" "$BIN/pg_basebackup" pgbackrest /usr/bin/time bc; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y postgresql-15 pgbackrest time bc" >&2; exit 1; }
@@ -175,6 +176,7 @@ done
 
 sed -i "s|arch-la|arch-one|" "$work/one.toml"
 # ---------------------------------------------------------------- (c) replay
+if [[ $PARTS == *c* ]]; then
 # Every segment of the run archived once (look-ahead) for the restore-wal variants.
 rm -rf "$work/arch-la/wal" "$work/arch-la/archive.json"
 fake "$work/push-all"
@@ -215,6 +217,7 @@ for round in $(seq 1 "$REPLAY_ROUNDS"); do
   done
 done
 
+fi
 # ---------------------------------------------------------------- (d) under load
 load_run() { # VARIANT -> "maxready drainsecs walMiB"
   local v=$1 cmd mx=0 n t0 lsn0 lsn1 pid
@@ -244,13 +247,15 @@ load_run() { # VARIANT -> "maxready drainsecs walMiB"
   done
   echo "$mx $(echo "$(now) - $t0" | bc) $(psql -c "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / 1048576)")"
 }
-echo "(d) pgbench ${DURATION}s per tool ..." >&2
 declare -A ready drain walmb
+if [[ $PARTS == *d* ]]; then
+echo "(d) pgbench ${DURATION}s per tool ..." >&2
 for v in one la pgbr pgbr-async; do
   read -r r dr mb < <(load_run "$v"); ready[$v]=$r; drain[$v]=$dr; walmb[$v]=$mb
 done
 psql -c "ALTER SYSTEM SET archive_command = '/bin/true'" >/dev/null
 
+fi
 # ---------------------------------------------------------------- report
 mib() { echo "scale=1; $1 / 1024" | bc; }
 label() { case $1 in one) echo "archive-wal one-by-one";; la) echo "archive-wal look-ahead P=$P";; pgbr) echo "pgbackrest archive-push";; pgbr-async) echo "pgbackrest archive-push async P=$P";; esac; }
@@ -265,13 +270,17 @@ printf '\n(b) fetch %s segments\n%-36s %8s %8s %10s %12s\n' "$count" tool second
 for v in one la pgbr pgbr-async; do
   printf '%-36s %8.2f %8.1f %9.2fx %12s\n' "$(flabel $v)" "${best[b-$v]}" "$(echo "$count / ${best[b-$v]}" | bc -l)" "$(echo "${best[b-pgbr]} / ${best[b-$v]}" | bc -l)" "$(mib "${peak[b-$v]}")"
 done
+if [[ $PARTS == *c* ]]; then
 printf '\n(c) replay of %s segments (%s MiB) from a base backup\n%-36s %8s %10s\n' "$nall" "$(( nall * 16 ))" source seconds "vs local"
 for v in local one la; do
   case $v in local) l="WAL already in pg_wal";; one) l="restore-wal";; la) l="restore-wal prefetch=8";; esac
   printf '%-36s %8.2f %9.2fx\n' "$l" "${best[c-$v]}" "$(echo "${best[c-$v]} / ${best[c-local]}" | bc -l)"
 done
+fi
+if [[ $PARTS == *d* ]]; then
 printf '\n(d) pgbench -c 4 -j 2, %ss at full speed, archive_command = tool\n%-36s %10s %10s %10s\n' "$DURATION" tool "max .ready" "drain s" "WAL MiB"
 for v in one la pgbr pgbr-async; do
   printf '%-36s %10s %10.1f %10s\n' "$(label $v)" "${ready[$v]}" "${drain[$v]}" "${walmb[$v]}"
 done
+fi
 echo "(best of $ROUNDS rounds for (a), (b) and $REPLAY_ROUNDS for (c), variants interleaved in rotating order)"
