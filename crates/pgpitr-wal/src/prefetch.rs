@@ -44,6 +44,8 @@ const LOCK: &str = ".lock";
 /// A prefetcher with nothing new asked for this long exits (a later call starts another).
 const IDLE: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(25);
+/// How long a call waits for a segment the prefetcher is writing before fetching it itself.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a restored file came from.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,7 +85,15 @@ pub fn restore(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let spool = spool_dir(pg_wal);
-    if prefetch > 0 && name.is_segment() {
+    // restore_command runs in the data folder; %p is inside its pg_wal.
+    let data_dir = pg_wal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !in_recovery(data_dir) {
+        // Not a recovery (a call by hand, or after promotion): no prefetching, no spool.
+        cleanup_after_recovery(data_dir, pg_wal);
+    } else if prefetch > 0 && name.is_segment() {
         if let Err(e) = announce(&spool, name) {
             tracing::warn!("prefetch off for this call: {e}");
         } else if !prefetcher_running(&spool) {
@@ -123,6 +133,22 @@ fn announce(spool: &Path, name: &WalName) -> Result<()> {
 /// its size and page header. Anything else is left for the prefetcher to remove.
 fn take(spool: &Path, obj: &Object, dest: &Path) -> bool {
     let entry = spool.join(entry_name(&obj.name, &obj.sha256));
+    // The prefetcher may be writing this very segment: waiting for it is cheaper than
+    // decoding it a second time on the same cores. A failed prefetch removes its temp file.
+    let writing = format!("{TMP_PREFIX}{}-", obj.name);
+    let t0 = Instant::now();
+    while !entry.exists() && t0.elapsed() < IN_FLIGHT_WAIT {
+        let in_flight = fs::read_dir(spool)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&writing))
+            })
+            .unwrap_or(false);
+        if !in_flight {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let Ok(mut f) = File::open(&entry) else {
         return false;
     };
@@ -205,7 +231,15 @@ pub fn run_prefetcher(
     let mut verified = std::collections::HashSet::new();
     loop {
         if !in_recovery(data_dir) {
-            let _ = fs::remove_dir_all(&spool);
+            // A call may be writing `want` meanwhile: retry until the folder is gone.
+            for _ in 0..50 {
+                match fs::remove_dir_all(&spool) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => break,
+                }
+            }
             return Ok(());
         }
         let Some(want) = read_want(&spool) else {
