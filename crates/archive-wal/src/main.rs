@@ -3,6 +3,7 @@
 use clap::Parser;
 use pgpitr_cli::{run_main, ConfigArgs};
 use pgpitr_wal::codec::Encoder;
+use pgpitr_wal::lookahead;
 use pgpitr_wal::metrics::{record, Outcome};
 use pgpitr_wal::store::{Pushed, Store};
 use pgpitr_wal::WalName;
@@ -64,14 +65,32 @@ fn push(
     path: &std::path::Path,
     name: &WalName,
 ) -> anyhow::Result<Pushed> {
-    let encoder = Encoder::new(
-        cfg.archive.compression,
-        cfg.archive.level,
-        cfg.encryption.as_ref(),
-    )?;
+    let encoder = |workers| {
+        Encoder::new(
+            cfg.archive.compression,
+            cfg.archive.level,
+            cfg.encryption.as_ref(),
+        )
+        .map(|e| e.with_zstd_workers(workers))
+    };
     // archive_command runs in the data folder: PG_VERSION there names the major version.
     let pg_version = std::fs::read_to_string("PG_VERSION")
         .ok()
         .and_then(|v| v.trim().parse().ok());
-    Ok(store.push(path, name, &encoder, pg_version)?)
+    let out = lookahead::archive(
+        store,
+        &encoder,
+        path,
+        name,
+        cfg.archive.parallel(),
+        pg_version,
+    )?;
+    if !out.ahead.is_empty() {
+        tracing::info!("also archived ahead: {:?}", out.ahead);
+    }
+    // A primary after a restore: the prefetch spool of its recovery is not needed any more.
+    if let (Ok(data_dir), Some(pg_wal)) = (std::env::current_dir(), path.parent()) {
+        pgpitr_wal::prefetch::cleanup_after_recovery(&data_dir, &data_dir.join(pg_wal));
+    }
+    Ok(out.pushed)
 }

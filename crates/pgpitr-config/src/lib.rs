@@ -77,6 +77,9 @@ pub struct Config {
     /// Restore drills (`pgpitr drill`) and the heartbeat they measure the RPO with.
     #[serde(default, skip_serializing_if = "is_default")]
     pub drill: DrillConfig,
+    /// How restore-wal feeds recovery (issue 14).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restore: RestoreConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,7 +130,46 @@ pub struct ArchiveConfig {
     pub compression: Compression,
     #[serde(default = "default_level")]
     pub level: i32,
+    // --- issue 14 (speed): look-ahead archiving and prefetching restore ---
+    /// Workers `archive-wal` uses to push the segments PostgreSQL has marked ready after the
+    /// one it was called for (look-ahead). Absent: the number of cores; 1: one segment per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<usize>,
 }
+
+impl ArchiveConfig {
+    /// `archive.parallel`, or the number of cores when absent.
+    pub fn parallel(&self) -> usize {
+        self.parallel.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// `[restore]`: how `restore-wal` feeds recovery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Segments `restore-wal` fetches ahead of the one PostgreSQL asked for, into a spool
+    /// inside pg_wal (each up to one segment of disk). 0 turns prefetching off.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+fn default_prefetch() -> usize {
+    8
+}
+// --- end issue 14 ---
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -547,6 +589,12 @@ impl Config {
             return Err(invalid(
                 "archive.level",
                 format!("{} is outside 1..=19", self.archive.level),
+            ));
+        }
+        if self.archive.parallel == Some(0) {
+            return Err(invalid(
+                "archive.parallel",
+                "must be at least 1 (1 archives one segment per call)".into(),
             ));
         }
         if let Some(enc) = &self.encryption {

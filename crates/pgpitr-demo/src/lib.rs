@@ -148,6 +148,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
             dir: root.join("archive"),
             compression: Compression::Zstd,
             level: 3,
+            parallel: None,
         },
         backup: BackupConfig {
             dir: root.join("backups"),
@@ -164,6 +165,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         provision: Default::default(),
         retention: None,
         drill: Default::default(),
+        restore: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

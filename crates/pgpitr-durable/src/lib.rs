@@ -121,6 +121,15 @@ impl TempFile {
         sync_parent(dest)
     }
 
+    /// Renames it over `dest` with no fsync at all: readers see the whole file or nothing.
+    /// Only for files whose loss in a crash costs nothing because they are fetched again
+    /// (a WAL file restored for PostgreSQL, a prefetch spool entry).
+    pub fn publish_replace_unsynced(mut self, dest: &Path) -> Result<()> {
+        drop(self.file.take());
+        let tmp = std::mem::take(&mut self.path);
+        fs::rename(&tmp, dest).map_err(|e| DurableError::io("rename", dest, e))
+    }
+
     fn sync(&mut self) -> Result<()> {
         let mut file = self.file.take().expect("temp file already closed");
         file.flush()

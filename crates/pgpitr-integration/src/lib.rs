@@ -190,6 +190,7 @@ impl Cluster {
                     .unwrap_or_else(|| root.join("archive")),
                 compression: Compression::Zstd,
                 level: opts.level,
+                parallel: None,
             },
             backup: BackupConfig {
                 dir: root.join("backups"),
@@ -211,6 +212,7 @@ impl Cluster {
             },
             retention: None,
             drill: Default::default(),
+            restore: Default::default(),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();

@@ -5,9 +5,11 @@ pub mod chain;
 pub mod codec;
 pub mod header;
 pub mod history;
+pub mod lookahead;
 pub mod lsn;
 pub mod metrics;
 pub mod names;
+pub mod prefetch;
 pub mod store;
 pub mod timeline;
 

@@ -399,14 +399,22 @@ impl Store {
         let Some(obj) = self.find(name)? else {
             return Ok(false);
         };
+        self.restore_object(&obj, decoder, dest)?;
+        Ok(true)
+    }
+
+    /// Decodes and verifies `obj` into `dest` atomically (temp file in `dest`'s folder, rename).
+    pub fn restore_object(&self, obj: &Object, decoder: &Decoder, dest: &Path) -> Result<()> {
         let dir = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let mut tmp = TempFile::new_in(dir, "restore", 0o600)?;
-        self.decode_object(&obj, decoder, tmp.file())?;
-        tmp.publish_replace(dest)?;
-        Ok(true)
+        self.decode_object(obj, decoder, tmp.file())?;
+        // No fsync: PostgreSQL fsyncs a restored file itself when it keeps it, and after a
+        // crash it asks for it again (docs/decisions.md, "A restored WAL file is not fsynced").
+        tmp.publish_replace_unsynced(dest)?;
+        Ok(())
     }
 
     /// Decodes an object into `out`, checking the original's checksum.

@@ -8,6 +8,7 @@
 use clap::Parser;
 use pgpitr_cli::{fail, init_logging, ConfigArgs};
 use pgpitr_wal::codec::Decoder;
+use pgpitr_wal::prefetch::{self, Restored};
 use pgpitr_wal::store::Store;
 use pgpitr_wal::WalName;
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ struct Cli {
     name: String,
     /// Where to write it (%p).
     path: PathBuf,
+    /// Internal: run as the background prefetcher for the pg_wal folder of PATH.
+    #[arg(long, hide = true)]
+    prefetch_daemon: bool,
 }
 
 /// Exit code PostgreSQL treats as fatal for restore_command.
@@ -51,18 +55,61 @@ fn main() -> ExitCode {
     let Some(name) = WalName::parse(&cli.name) else {
         return ExitCode::from(1);
     };
-    let result = (|| -> anyhow::Result<bool> {
+    if cli.prefetch_daemon {
+        let _ = (|| -> anyhow::Result<()> {
+            let cfg = cli.config.load()?;
+            let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+            let data_dir = std::env::current_dir()?;
+            let pg_wal = data_dir.join(cli.path.parent().unwrap_or(std::path::Path::new(".")));
+            let store = Store::new(&cfg.archive.dir);
+            prefetch::run_prefetcher(&store, &decoder, &data_dir, &pg_wal, cfg.restore.prefetch)?;
+            Ok(())
+        })();
+        return ExitCode::SUCCESS;
+    }
+    let result = (|| -> anyhow::Result<Restored> {
         let cfg = cli.config.load()?;
         let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
-        Ok(Store::new(&cfg.archive.dir).fetch(&name, &decoder, &cli.path)?)
+        let store = Store::new(&cfg.archive.dir);
+        Ok(prefetch::restore(
+            &store,
+            &decoder,
+            &name,
+            &cli.path,
+            cfg.restore.prefetch,
+            start_prefetcher,
+        )?)
     })();
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Restored::Spool | Restored::Fetched) => ExitCode::SUCCESS,
+        Ok(Restored::Missing) => ExitCode::from(1),
         Err(e) => fail(
             "restore-wal",
             &e.context(format!("cannot restore {name}")),
             FATAL,
         ),
+    }
+}
+
+/// Starts `restore-wal ARGS --prefetch-daemon` in its own process group, detached from
+/// PostgreSQL's call (which only waits for this process). If one is running already, the new
+/// one exits at once and the running one picks up the new request. A failure here only
+/// means no prefetching.
+fn start_prefetcher() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spawned = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--prefetch-daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the prefetcher: {e}");
     }
 }
