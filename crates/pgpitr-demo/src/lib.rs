@@ -160,6 +160,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         databases: Default::default(),
         provision: Default::default(),
         retention: None,
+        preseed: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

@@ -210,6 +210,7 @@ impl Cluster {
                 wait_timeout_seconds: Some(30),
             },
             retention: None,
+            preseed: Default::default(),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();
