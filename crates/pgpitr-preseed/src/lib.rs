@@ -220,14 +220,10 @@ impl std::fmt::Display for Report {
         for a in &self.attempts {
             writeln!(
                 f,
-                "method {}: {}{}",
+                "method {}: {}: {}",
                 a.method,
-                if a.ok { "ok" } else { "failed: " },
-                if a.ok {
-                    String::new()
-                } else {
-                    a.message.clone()
-                }
+                if a.ok { "ok" } else { "failed" },
+                a.message
             )?;
         }
         for w in &self.warnings {
@@ -329,8 +325,22 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
         return Ok(report);
     }
 
-    // Leftovers of a killed run are preseed's own partial output, never a complete cluster.
-    place::remove_leftover(&place::staging_dir(&data_dir)?, say)?;
+    // Leftovers of a killed run are preseed's own partial output, never a complete cluster
+    // (a server a killed run started there is stopped first).
+    let stage = place::staging_dir(&data_dir)?;
+    let leftover = pgpitr_pg::PgCtl {
+        bins: &ctx.bins,
+        account: ctx.account.as_ref(),
+        data_dir: &stage,
+    };
+    if stage.join("PG_VERSION").exists() && leftover.is_running() {
+        say(&format!(
+            "stopping the server an interrupted preseed left running in {}",
+            stage.display()
+        ));
+        leftover.stop()?;
+    }
+    place::remove_leftover(&stage, say)?;
     place::remove_leftover(&place::fetch_dir(&data_dir)?, say)?;
 
     for m in &cfg.preseed.methods {

@@ -286,9 +286,18 @@ fn merge_tree(
         }
         let dir = to.parent().expect("a file has a folder");
         if !dir.is_dir() {
+            // The server account writes there next (archive-wal): every folder created here
+            // is handed to it, not just the innermost.
+            let mut top = dir;
+            while let Some(p) = top.parent() {
+                if p.is_dir() {
+                    break;
+                }
+                top = p;
+            }
             pgpitr_durable::create_dir_all_durable(dir)?;
             if let Some(a) = account {
-                a.chown_tree(dir)?;
+                a.chown_tree(top)?;
             }
         }
         let mut tmp = pgpitr_durable::TempFile::new_in(dir, "preseed", 0o644)?;
@@ -408,7 +417,8 @@ fn run_local(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
         }
     }
     let (cfg, path) = (ctx.cfg.clone(), ctx.config_path.clone());
-    let detail = restore_from(ctx, &cfg, &path, Target::Immediate, say)?;
+    // `latest`: the backup plus whatever the local archive holds after it.
+    let detail = restore_from(ctx, &cfg, &path, Target::Latest, say)?;
     Ok(format!("newest local base backup: {detail}"))
 }
 
@@ -424,35 +434,46 @@ pub fn split_source(s: &str) -> (Option<&str>, &str) {
 
 fn source_snapshots(source: &str) -> Result<Vec<(String, String)>> {
     let (host, ds) = split_source(source);
-    let args = [
-        "list",
-        "-H",
-        "-p",
-        "-t",
-        "snapshot",
-        "-o",
-        "name,creation",
-        "-s",
-        "creation",
-        "-r",
-        ds,
-    ];
-    let mut c = match host {
-        Some(h) => {
-            let mut c = Command::new("ssh");
-            c.args(["-o", "BatchMode=yes", h, "zfs"]);
-            c
+    let list = |exact: bool| {
+        let mut args = vec!["list", "-H"];
+        if exact {
+            args.push("-p");
         }
-        None => Command::new("zfs"),
+        args.extend([
+            "-t",
+            "snapshot",
+            "-o",
+            "name,creation",
+            "-s",
+            "creation",
+            "-r",
+            ds,
+        ]);
+        let mut c = match host {
+            Some(h) => {
+                let mut c = Command::new("ssh");
+                c.args(["-o", "BatchMode=yes", h, "zfs"]);
+                c
+            }
+            None => Command::new("zfs"),
+        };
+        c.args(args)
+            .output()
+            .map_err(io_err(format!("list the snapshots of {source}")))
     };
-    let out = c
-        .args(args)
-        .output()
-        .map_err(io_err(format!("list the snapshots of {source}")))?;
+    let mut out = list(true)?;
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid option") {
+        // Old ZFS (zfs-fuse) has no -p: creation times come as text then.
+        out = list(false)?;
+    }
     if !out.status.success() {
         return Err(PreseedError::Failed(format!(
             "cannot list the snapshots of {source}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
         )));
     }
     let prefix = format!("{ds}@");

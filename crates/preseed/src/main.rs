@@ -47,10 +47,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     run_main("preseed", || {
         let cfg = cli.config.load()?;
+        let began = Instant::now();
         let say = &mut |s: &str| {
             sd_notify(&format!("STATUS={s}"));
             if !cli.json {
-                eprintln!("preseed: {s}");
+                eprintln!("preseed: [{:6.1} s] {s}", began.elapsed().as_secs_f64());
             }
         };
         if cli.follow_up_backup {
