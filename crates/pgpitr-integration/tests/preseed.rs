@@ -685,7 +685,15 @@ fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
     live_on_new_timeline(&c, &path, &cfg, &ROWS, "after-preseed-local");
 
     // syncoid: a rebuilt node; the data dataset is gone and recreated empty (zfs ensure).
-    sh_ok(&format!("zfs destroy -r {data_ds}"));
+    // (Test simulation of the loss; zfs-fuse may see the mount busy just after the stop.)
+    let start = Instant::now();
+    while !sh(&format!("zfs destroy -r -f {data_ds}")).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cannot destroy {data_ds} to simulate the loss"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     pgpitr_zfs::ensure_instance(&zc, false).unwrap();
     let mut cfg = c.cfg.clone();
     cfg.preseed.methods = vec![PreseedMethod::Syncoid];

@@ -296,6 +296,11 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
                 if let Err(e) = state::check_identity(c, expected) {
                     refuse_or_quarantine(e.to_string(), &mut report, say)?;
                 } else {
+                    if methods::remove_stale_recovery_block(&data_dir)? {
+                        report.warnings.push(
+                            "removed the recovery settings an interrupted preseed left in postgresql.auto.conf".into(),
+                        );
+                    }
                     report.cluster = Some(c.clone());
                     report.duration_seconds = started.elapsed().as_secs_f64();
                     return Ok(report);

@@ -646,7 +646,6 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
             "unix_socket_directories = {}",
             quote(&cfg.postgres.socket_dir.display().to_string())
         ),
-        "listen_addresses = ''".into(),
         END.to_string(),
     ]
     .join("\n");
@@ -686,6 +685,25 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
     Ok(format!(
         "replayed the archive to lsn {lsn} and promoted to timeline {timeline}"
     ))
+}
+
+/// After a preseed killed during a snapshot's recovery, the server (started by its unit)
+/// finishes that recovery itself; once it has promoted (no `recovery.signal`), the settings
+/// preseed wrote are taken back out. Returns whether anything was removed.
+pub fn remove_stale_recovery_block(data: &Path) -> Result<bool> {
+    let auto = data.join("postgresql.auto.conf");
+    let Ok(text) = fs::read_to_string(&auto) else {
+        return Ok(false);
+    };
+    if !text.lines().any(|l| l == BEGIN) || data.join("recovery.signal").exists() {
+        return Ok(false);
+    }
+    let meta = fs::metadata(&auto).map_err(io_err(format!("stat {}", auto.display())))?;
+    pgpitr_durable::write_replace(&auto, strip_block(&text).as_bytes(), 0o600)?;
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&auto, Some(meta.uid()), Some(meta.gid()))
+        .map_err(io_err(format!("chown {}", auto.display())))?;
+    Ok(true)
 }
 
 fn strip_block(text: &str) -> String {
@@ -899,6 +917,21 @@ mod tests {
             (Some("root@nas"), "tank/pg")
         );
         assert_eq!(split_source("tank/a:b"), (None, "tank/a:b"));
+    }
+
+    #[test]
+    fn stale_block_removed_only_after_promotion() {
+        let d = tempfile::tempdir().unwrap();
+        let auto = d.path().join("postgresql.auto.conf");
+        let text = format!("a = 1\n{BEGIN}\nrestore_command = 'x'\n{END}\n");
+        fs::write(&auto, &text).unwrap();
+        fs::write(d.path().join("recovery.signal"), "").unwrap();
+        assert!(!remove_stale_recovery_block(d.path()).unwrap());
+        assert_eq!(fs::read_to_string(&auto).unwrap(), text);
+        fs::remove_file(d.path().join("recovery.signal")).unwrap();
+        assert!(remove_stale_recovery_block(d.path()).unwrap());
+        assert_eq!(fs::read_to_string(&auto).unwrap(), "a = 1\n");
+        assert!(!remove_stale_recovery_block(d.path()).unwrap());
     }
 
     #[test]
