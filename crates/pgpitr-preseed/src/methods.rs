@@ -571,12 +571,17 @@ fn run_syncoid(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
         say(&format!(
             "moving the empty dataset {ds} aside to {aside} and {recv} into its place"
         ));
-        zfs.unmount(&ds)?;
-        zfs.rename(&ds, &aside)?;
+        retry_busy(|| zfs.unmount(&ds))?;
+        retry_busy(|| zfs.rename(&ds, &aside))?;
         zfs.set(&aside, "canmount", "noauto")?;
         zfs.set(&aside, "mountpoint", "none")?;
-        let _ = zfs.unmount(&recv);
-        zfs.rename(&recv, &ds)?;
+        let _ = retry_busy(|| zfs.unmount(&recv));
+        if let Err(e) = retry_busy(|| zfs.rename(&recv, &ds)) {
+            // Put the empty dataset back so the next run finds what this one found.
+            let _ = zfs.rename(&aside, &ds);
+            let _ = zfs.set(&ds, "mountpoint", &data_dir.display().to_string());
+            return Err(e.into());
+        }
     }
     let mp = data_dir.display().to_string();
     let current = zfs.get(&ds, &["mountpoint"])?;
@@ -596,6 +601,21 @@ fn run_syncoid(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
     let newest = zfs.snapshots(&ds)?.last().cloned().unwrap_or_default();
     let detail = recover_in_place(ctx, say)?;
     Ok(format!("received {src} up to {newest}; {detail}"))
+}
+
+/// ZFS says "dataset is busy" for a moment after a receive or an unmount: retry a while.
+fn retry_busy(mut f: impl FnMut() -> pgpitr_zfs::Result<()>) -> pgpitr_zfs::Result<()> {
+    let began = Instant::now();
+    loop {
+        match f() {
+            Err(pgpitr_zfs::ZfsError::Failed { stderr, .. })
+                if stderr.contains("busy") && began.elapsed() < Duration::from_secs(30) =>
+            {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            other => return other,
+        }
+    }
 }
 
 fn unsafe_is_root() -> bool {
