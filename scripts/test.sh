@@ -14,6 +14,8 @@ apt_install prometheus-node-exporter prometheus
 apt_install restic
 # ZFS: a real (old) ZFS through FUSE; the tests start its daemon and use a pool on a sparse file.
 apt_install zfs-fuse
+# issue 12 (preseed): syncoid from the sanoid package receives a replica between two datasets.
+apt_install sanoid
 ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins

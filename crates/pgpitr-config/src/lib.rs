@@ -80,6 +80,9 @@ pub struct Config {
     /// How restore-wal feeds recovery (issue 14).
     #[serde(default, skip_serializing_if = "is_default")]
     pub restore: RestoreConfig,
+    /// How `preseed` brings the data folder back on a rebuilt node (issue 12).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub preseed: PreseedConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -463,6 +466,90 @@ fn default_min_free_percent() -> f64 {
 fn default_connect_timeout() -> u64 {
     5
 }
+
+// ---- [preseed] (issue 12): how a rebuilt node brings its data folder back ----
+
+/// Methods `preseed` tries, in order, when the data folder is empty or missing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PreseedMethod {
+    /// Receive the data dataset from a replica with syncoid.
+    Syncoid,
+    /// Roll the data dataset back to its newest snapshot, else the newest local base backup.
+    Local,
+    /// Point-in-time restore to `latest` from the local archive and backups.
+    Archive,
+    /// The same from the offsite restic repository.
+    Restic,
+    /// initdb, only when no source shows the instance ever had data.
+    Empty,
+}
+
+impl PreseedMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            PreseedMethod::Syncoid => "syncoid",
+            PreseedMethod::Local => "local",
+            PreseedMethod::Archive => "archive",
+            PreseedMethod::Restic => "restic",
+            PreseedMethod::Empty => "empty",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PreseedConfig {
+    #[serde(default = "default_preseed_methods")]
+    pub methods: Vec<PreseedMethod>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub syncoid: SyncoidConfig,
+    /// Extra `initdb` arguments for the `empty` method (e.g. `["--locale=C.UTF-8"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initdb_args: Vec<String>,
+    /// How long to wait for a restored server to replay and promote.
+    #[serde(default = "default_preseed_timeout")]
+    pub recovery_timeout_seconds: u64,
+}
+
+impl Default for PreseedConfig {
+    fn default() -> Self {
+        PreseedConfig {
+            methods: default_preseed_methods(),
+            syncoid: SyncoidConfig::default(),
+            initdb_args: Vec::new(),
+            recovery_timeout_seconds: default_preseed_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncoidConfig {
+    /// Replica dataset in syncoid's own syntax: `[[user@]host:]pool/dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// syncoid executable (found on PATH when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin: Option<PathBuf>,
+    /// Extra syncoid arguments (e.g. `["--sshkey=/run/keys/replica"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+fn default_preseed_methods() -> Vec<PreseedMethod> {
+    vec![
+        PreseedMethod::Syncoid,
+        PreseedMethod::Local,
+        PreseedMethod::Restic,
+    ]
+}
+
+fn default_preseed_timeout() -> u64 {
+    3600
+}
+
+// ---- end of [preseed] ----
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()

@@ -166,6 +166,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         retention: None,
         drill: Default::default(),
         restore: Default::default(),
+        preseed: Default::default(),
     };
     let cfg_path = root.join("pgpitr.toml");
     fs::write(&cfg_path, cfg.to_toml()).map_err(io_err("write config"))?;

@@ -213,6 +213,7 @@ impl Cluster {
             retention: None,
             drill: Default::default(),
             restore: Default::default(),
+            preseed: Default::default(),
         };
         let cfg_path = root.join("pgpitr.toml");
         fs::write(&cfg_path, cfg.to_toml()).unwrap();

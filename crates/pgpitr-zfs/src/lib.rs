@@ -181,6 +181,19 @@ impl Zfs {
         }))
     }
 
+    /// Renames a dataset (preseed moves an empty data dataset aside this way; never destroys).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.run(&["rename", from, to]).map(|_| ())
+    }
+
+    pub fn mount(&self, dataset: &str) -> Result<()> {
+        self.run(&["mount", dataset]).map(|_| ())
+    }
+
+    pub fn unmount(&self, dataset: &str) -> Result<()> {
+        self.run(&["umount", dataset]).map(|_| ())
+    }
+
     /// Values each property accepts, read from the property table `zfs get` prints as its
     /// usage; used to probe what an old ZFS supports (an empty map if it prints none).
     pub fn allowed_values(&self) -> BTreeMap<String, Vec<String>> {

@@ -1,0 +1,713 @@
+//! `preseed` against real PostgreSQL, restic, zfs-fuse and syncoid: each method brings back
+//! a cluster holding the sentinel rows written last before the loss; the preseeded server
+//! archives on its new timeline into the same archive, its follow-up backup is taken, and a
+//! point-in-time restore across the switch works. Refusals leave the folder byte-identical;
+//! a preseed killed at each step leaves nothing PostgreSQL would start on as complete.
+
+use pgpitr_config::{Config, OffsiteConfig, PreseedMethod, ZfsConfig};
+use pgpitr_integration::{built_bins, require_tool, tags, Cluster, ClusterOptions, Run};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Copies the `preseed` binary next to the cluster's other tools.
+fn install_preseed(c: &Cluster) {
+    let p = built_bins().join("preseed");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace binaries first with `cargo build --workspace --bins`",
+        p.display()
+    );
+    fs::copy(&p, c.tools.join("preseed")).unwrap();
+}
+
+/// A "rebuilt node" config: the instance's archive and backups, a new data folder and port.
+fn node_config(c: &Cluster, name: &str, port: u16, methods: &[PreseedMethod]) -> Config {
+    let mut cfg = c.cfg.clone();
+    cfg.postgres.data_dir = c.root.join(name);
+    cfg.postgres.port = port;
+    cfg.preseed.methods = methods.to_vec();
+    cfg.preseed.recovery_timeout_seconds = 120;
+    cfg
+}
+
+fn preseed(c: &Cluster, cfg_path: &Path, args: &[&str]) -> Run {
+    c.tool_with(cfg_path, "preseed", args)
+}
+
+/// Every file under `dir` with its bytes (and symlinks' targets): "byte-identical".
+fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(rd) = fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let t = e.file_type().unwrap();
+            if t.is_symlink() {
+                out.insert(rel, fs::read_link(&p).unwrap().into_os_string().into_vec());
+            } else if t.is_dir() {
+                out.insert(rel.join(""), Vec::new());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn offsite_config(c: &Cluster) -> OffsiteConfig {
+    require_tool("restic", "restic");
+    let pw = c.root.join("restic-password");
+    fs::write(&pw, "preseed-test-password-91c2\n").unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    OffsiteConfig {
+        repository: c.root.join("restic-repo").display().to_string(),
+        password_file: pw,
+        environment_file: None,
+        init: true,
+        restic_bin: None,
+        forget: Default::default(),
+        prune_interval_hours: 0,
+    }
+}
+
+/// After a preseed: starts the server, checks the rows, writes on the new timeline,
+/// archives it, takes the follow-up backup and stops it. Returns the new row's tag.
+fn live_on_new_timeline(
+    c: &Cluster,
+    cfg_path: &Path,
+    cfg: &Config,
+    expected: &[&str],
+    tag: &str,
+) -> String {
+    let data = &cfg.postgres.data_dir;
+    c.start_server(data);
+    let mut db = c.connect(cfg.postgres.port);
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(tags(&mut db), want, "rows after preseed");
+    let tli: i32 = db
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .unwrap()
+        .get(0);
+    assert!(tli >= 2, "preseed promotes to a new timeline, got {tli}");
+    db.execute("INSERT INTO t (tag) VALUES ($1)", &[&tag])
+        .unwrap();
+    // The new timeline archives into the same archive without a collision.
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    let log = c.root.join(format!("{name}.log"));
+    let switched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.switch_and_wait(cfg.postgres.port)
+    }));
+    if switched.is_err() {
+        panic!(
+            "not archived on timeline {tli}; server log:\n{}\nrestore log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default(),
+            fs::read_to_string(data.join("pgpitr-restore.log")).unwrap_or_default()
+        );
+    }
+    let r = preseed(c, cfg_path, &["--follow-up-backup"]).ok();
+    assert!(r.stdout.trim().len() > 5, "a backup id: {}", r.stdout);
+    let again = preseed(c, cfg_path, &["--follow-up-backup"]).ok();
+    assert!(
+        again.stdout.contains("no backup needed"),
+        "{}",
+        again.stdout
+    );
+    drop(db);
+    c.stop_server(data);
+    tag.to_string()
+}
+
+/// A point-in-time restore from the timeline-1 backup across the preseed's switch.
+fn pitr_across_switch(c: &Cluster, cfg_path: &Path, backup: &str, port: u16, expect: &[&str]) {
+    let into = c.root.join(format!("pitr-{port}"));
+    let p = port.to_string();
+    let r = c.tool_with(
+        cfg_path,
+        "pgpitr",
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--port",
+            &p,
+            "--backup",
+            backup,
+        ],
+    );
+    c.track(&into);
+    let r = r.ok();
+    assert!(r.stdout.contains("new timeline"), "{}", r.stdout);
+    let mut db = c.connect(port);
+    let got = tags(&mut db);
+    for e in expect {
+        assert!(got.iter().any(|g| g == e), "{e} missing from {got:?}");
+    }
+    drop(db);
+    c.discard(&into);
+}
+
+/// The source: rows, a base backup, more rows, sentinel rows written last, all archived
+/// (and copied offsite when `offsite`); then the server is stopped (the node is lost).
+fn source(offsite: bool) -> (Cluster, String, PathBuf) {
+    let c = Cluster::start(ClusterOptions {
+        metrics: true,
+        ..Default::default()
+    });
+    install_preseed(&c);
+    let mut cfg = c.cfg.clone();
+    if offsite {
+        cfg.offsite = Some(offsite_config(&c));
+    }
+    let cfg_path = c.write_config(&cfg, "source.toml");
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('base')")
+        .unwrap();
+    let backup = c.basebackup();
+    db.execute("INSERT INTO t (tag) VALUES ('after-backup')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    db.execute("INSERT INTO t (tag) VALUES ('sentinel-last')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    if offsite {
+        c.tool_with(&cfg_path, "offsite-sync", &[]).ok();
+    }
+    drop(db);
+    c.stop_server(&c.cfg.postgres.data_dir);
+    (c, backup, cfg_path)
+}
+
+const ROWS: [&str; 3] = ["base", "after-backup", "sentinel-last"];
+
+#[test]
+fn archive_local_and_restic_bring_back_the_last_rows() {
+    let (c, backup, source_cfg) = source(true);
+    let offsite = Config::load(&source_cfg).unwrap().offsite;
+    let mut expected: Vec<&str> = ROWS.to_vec();
+    let mut written: Vec<String> = Vec::new();
+
+    // archive, then local (no dataset: the newest local base backup plus the archive).
+    for (i, m) in [PreseedMethod::Archive, PreseedMethod::Local]
+        .into_iter()
+        .enumerate()
+    {
+        let port = 5440 + i as u16;
+        let cfg = node_config(&c, &format!("node-{}", m.name()), port, &[m]);
+        let path = c.write_config(&cfg, &format!("node-{}.toml", m.name()));
+        // --dry-run first: freshness, nothing changed.
+        let dry = preseed(&c, &path, &["--dry-run"]).ok();
+        assert!(
+            dry.stdout.contains(m.name()) && dry.stdout.contains("usable"),
+            "{}",
+            dry.stdout
+        );
+        assert!(!cfg.postgres.data_dir.exists(), "dry run changed nothing");
+        let t0 = Instant::now();
+        let r = preseed(&c, &path, &[]).ok();
+        eprintln!(
+            "preseed {}: {:.1} s\n{}\n{}",
+            m.name(),
+            t0.elapsed().as_secs_f64(),
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.contains("restored by method") && l.contains(m.name())),
+            "one-line summary: {}",
+            r.stderr
+        );
+        let tag = format!("after-preseed-{}", m.name());
+        written.push(live_on_new_timeline(&c, &path, &cfg, &expected, &tag));
+        expected.push(Box::leak(tag.into_boxed_str()));
+        // Metrics labelled with the method.
+        let prom = fs::read_to_string(c.root.join("metrics/pgpitr_preseed_test.prom")).unwrap();
+        assert!(
+            prom.contains(&format!(
+                "pgpitr_preseed_success{{instance=\"test\",method=\"{}\"}} 1",
+                m.name()
+            )),
+            "{prom}"
+        );
+        assert!(prom.contains("pgpitr_preseed_duration_seconds{"), "{prom}");
+        assert!(
+            prom.contains("pgpitr_preseed_last_run_timestamp_seconds{"),
+            "{prom}"
+        );
+        // A second run finds the cluster and does nothing.
+        let before = snapshot_tree(&cfg.postgres.data_dir);
+        let again = preseed(&c, &path, &[]).ok();
+        assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+        assert!(before == snapshot_tree(&cfg.postgres.data_dir), "untouched");
+    }
+    // PITR from the timeline-1 backup across both switches.
+    pitr_across_switch(&c, &source_cfg, &backup, 5450, &expected);
+
+    // restic: a node that lost its archive and backups too (fresh folders), offsite intact.
+    let mut cfg = node_config(&c, "node-restic", 5442, &[PreseedMethod::Restic]);
+    cfg.offsite = offsite;
+    cfg.archive.dir = c.root.join("node-restic-archive");
+    cfg.backup.dir = c.root.join("node-restic-backups");
+    for d in [&cfg.archive.dir, &cfg.backup.dir] {
+        fs::create_dir(d).unwrap();
+        c.chown(d);
+    }
+    let path = c.write_config(&cfg, "node-restic.toml");
+    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    assert!(dry.stdout.contains("restic   usable"), "{}", dry.stdout);
+    let t0 = Instant::now();
+    preseed(&c, &path, &[]).ok();
+    eprintln!("preseed restic: {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(cfg.archive.dir.join("archive.json").is_file());
+    assert_eq!(
+        pgpitr_backup_count(&cfg.backup.dir),
+        1,
+        "the fetched backup joined the local catalog"
+    );
+    live_on_new_timeline(&c, &path, &cfg, &ROWS, "after-preseed-restic");
+    let restic_expect = [
+        "base",
+        "after-backup",
+        "sentinel-last",
+        "after-preseed-restic",
+    ];
+    pitr_across_switch(&c, &path, &backup, 5451, &restic_expect);
+}
+
+fn pgpitr_backup_count(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("backup.json").is_file())
+        .count()
+}
+
+#[test]
+fn refusals_leave_the_folder_untouched() {
+    let (c, _backup, _) = source(false);
+    let data = c.cfg.postgres.data_dir.clone();
+
+    // A valid cluster of this instance: exit 0 at once, byte-identical.
+    let cfg = node_config(&c, "data", 5460, &[PreseedMethod::Archive]);
+    let path = c.write_config(&cfg, "self.toml");
+    let before = snapshot_tree(&data);
+    let r = preseed(&c, &path, &[]).ok();
+    assert!(r.stdout.contains("nothing to do"), "{}", r.stdout);
+    assert!(
+        before == snapshot_tree(&data),
+        "a valid cluster is untouched"
+    );
+
+    // A non-empty folder that is not a cluster: refused and untouched without --quarantine.
+    let cfg = node_config(&c, "node-junk", 5461, &[PreseedMethod::Archive]);
+    let path = c.write_config(&cfg, "junk.toml");
+    let junk = &cfg.postgres.data_dir;
+    fs::create_dir(junk).unwrap();
+    fs::write(junk.join("notes.txt"), "not a cluster").unwrap();
+    let before = snapshot_tree(junk);
+    let r = preseed(&c, &path, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a PostgreSQL cluster") && r.stderr.contains("--quarantine"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+    assert!(before == snapshot_tree(junk));
+    let prom = fs::read_to_string(c.root.join("metrics/pgpitr_preseed_test.prom")).unwrap();
+    assert!(
+        prom.contains("pgpitr_preseed_success{instance=\"test\",method=\"none\"} 0"),
+        "{prom}"
+    );
+    // With --quarantine it is renamed aside (kept) and the restore goes on.
+    let r = preseed(&c, &path, &["--quarantine"]).ok();
+    assert!(r.stdout.contains("quarantined"), "{}", r.stdout);
+    let aside: Vec<PathBuf> = fs::read_dir(&c.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("node-junk.quarantine-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        fs::read_to_string(aside[0].join("notes.txt")).unwrap(),
+        "not a cluster"
+    );
+    assert!(junk.join("PG_VERSION").is_file());
+
+    // Another cluster's data: refused, untouched.
+    let cfg = node_config(&c, "node-other", 5462, &[PreseedMethod::Archive]);
+    let path = c.write_config(&cfg, "other.toml");
+    c.initdb(&cfg.postgres.data_dir, false);
+    let before = snapshot_tree(&cfg.postgres.data_dir);
+    let r = preseed(&c, &path, &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("another cluster"), "{}", r.stderr);
+    assert!(before == snapshot_tree(&cfg.postgres.data_dir));
+
+    // Another major version: refused, untouched.
+    let cfg = node_config(&c, "node-old", 5463, &[PreseedMethod::Archive]);
+    let path = c.write_config(&cfg, "old.toml");
+    fs::create_dir_all(cfg.postgres.data_dir.join("global")).unwrap();
+    fs::write(cfg.postgres.data_dir.join("PG_VERSION"), "14\n").unwrap();
+    fs::copy(
+        data.join("global/pg_control"),
+        cfg.postgres.data_dir.join("global/pg_control"),
+    )
+    .unwrap();
+    let before = snapshot_tree(&cfg.postgres.data_dir);
+    let r = preseed(&c, &path, &[]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("PostgreSQL 14"), "{}", r.stderr);
+    assert!(before == snapshot_tree(&cfg.postgres.data_dir));
+
+    // `empty` when this instance has data: refused (archive.json, catalogued backups).
+    let cfg = node_config(&c, "node-empty", 5464, &[PreseedMethod::Empty]);
+    let path = c.write_config(&cfg, "empty.toml");
+    let r = preseed(&c, &path, &[]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("refusing to create an empty cluster")
+            && r.stderr.contains("archive.json"),
+        "{}",
+        r.stderr
+    );
+    assert!(!cfg.postgres.data_dir.exists());
+
+    // The NAS is down: archive and backups unreachable, offsite repository unreachable.
+    let mut cfg = node_config(
+        &c,
+        "node-nas-down",
+        5465,
+        &[
+            PreseedMethod::Archive,
+            PreseedMethod::Restic,
+            PreseedMethod::Empty,
+        ],
+    );
+    cfg.archive.dir = c.root.join("nas/archive");
+    cfg.backup.dir = c.root.join("nas/backups");
+    let mut off = offsite_config(&c);
+    off.repository = c.root.join("nas/restic").display().to_string();
+    off.init = false;
+    cfg.offsite = Some(off);
+    let path = c.write_config(&cfg, "nas-down.toml");
+    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    assert!(dry.stdout.contains("empty    unusable"), "{}", dry.stdout);
+    let r = preseed(&c, &path, &[]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no method gave a cluster")
+            && r.stderr.contains("refusing to create an empty cluster")
+            && r.stderr.contains("offsite repository"),
+        "{}",
+        r.stderr
+    );
+    assert!(!cfg.postgres.data_dir.exists(), "nothing created");
+
+    // A brand-new instance (no archive, no backup, no offsite copy): `empty` runs initdb.
+    let mut cfg = node_config(
+        &c,
+        "node-new",
+        5466,
+        &[PreseedMethod::Archive, PreseedMethod::Empty],
+    );
+    cfg.archive.dir = c.root.join("new/archive");
+    cfg.backup.dir = c.root.join("new/backups");
+    let path = c.write_config(&cfg, "new.toml");
+    let r = preseed(&c, &path, &[]).ok();
+    assert!(
+        r.stderr.contains("restored by method empty"),
+        "{}",
+        r.stderr
+    );
+    assert!(cfg.postgres.data_dir.join("PG_VERSION").is_file());
+}
+
+/// Runs preseed and SIGKILLs it when a stderr line contains `step`; returns whether it was
+/// killed (false: it finished first).
+fn kill_at(c: &Cluster, cfg_path: &Path, step: &str) -> bool {
+    let mut child = Command::new(c.tools.join("preseed"))
+        .arg("--config")
+        .arg(cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut killed = false;
+    for line in BufReader::new(err).lines() {
+        let line = line.unwrap();
+        if line.contains(step) {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    killed
+}
+
+#[test]
+fn killed_at_every_step_leaves_nothing_startable_as_complete() {
+    let (c, _backup, _) = source(false);
+    let cfg = node_config(&c, "node-kill", 5470, &[PreseedMethod::Archive]);
+    let path = c.write_config(&cfg, "kill.toml");
+    let data = cfg.postgres.data_dir.clone();
+    let bins = pgpitr_integration::pg_bins();
+    for step in [
+        "trying method archive",
+        "restoring backup",
+        "extracting backup",
+        "starting PostgreSQL",
+        "restored server promoted and stopped",
+    ] {
+        assert!(kill_at(&c, &path, step), "preseed finished before {step:?}");
+        // Either nothing in the data folder, or (killed after the final rename) a complete,
+        // cleanly shut down cluster.
+        if data.join("PG_VERSION").exists() {
+            let out = Command::new(bins.path("pg_controldata"))
+                .arg("-D")
+                .arg(&data)
+                .env("LC_ALL", "C")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("Database cluster state:               shut down"),
+                "killed at {step:?}: a cluster in the data folder that is not complete:\n{text}"
+            );
+            fs::remove_dir_all(&data).unwrap();
+        } else {
+            assert!(
+                !data.exists() || fs::read_dir(&data).unwrap().next().is_none(),
+                "killed at {step:?}: {} holds something",
+                data.display()
+            );
+        }
+    }
+    // After all those kills a full run still brings the rows back.
+    let t0 = Instant::now();
+    let r = preseed(&c, &path, &[]).ok();
+    eprintln!(
+        "preseed after kills: {:.1} s\n{}",
+        t0.elapsed().as_secs_f64(),
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("restored by method archive"),
+        "{}",
+        r.stderr
+    );
+    c.start_server(&data);
+    let mut db = c.connect(5470);
+    let mut want: Vec<String> = ROWS.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(tags(&mut db), want);
+    drop(db);
+    c.stop_server(&data);
+}
+
+// ---- ZFS: local snapshot rollback and syncoid from a replica ----------------------------
+
+/// A pool on a sparse file, destroyed (test cleanup only) when dropped.
+struct Pool {
+    name: String,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+}
+
+#[track_caller]
+fn sh_ok(cmd: &str) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Pool {
+    fn create() -> Pool {
+        require_tool("zfs-fuse", "zfs-fuse");
+        require_tool("zpool", "zfs-fuse");
+        require_tool("syncoid", "sanoid");
+        // zfs-fuse's daemon: start it when it is not running (and reuse it when it is).
+        if !sh("zpool list").status.success() {
+            let out = sh("zfs-fuse");
+            assert!(
+                out.status.success(),
+                "cannot start zfs-fuse: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let start = Instant::now();
+            while !sh("zpool list").status.success() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "zfs-fuse did not come up (is /dev/fuse there?)"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("pgpitr-preseed-zfs-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.path().join("pool.img");
+        let mnt = dir.path().join("mnt");
+        let name = format!("pgpitrpre{}", std::process::id());
+        sh_ok(&format!(
+            "truncate -s 768M '{}' && zpool create -f -m '{}' {name} '{}'",
+            file.display(),
+            mnt.display(),
+            file.display()
+        ));
+        Pool {
+            name,
+            file,
+            _dir: dir,
+            mnt,
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Test cleanup (pgpitr itself never destroys a dataset or a pool).
+        for _ in 0..20 {
+            if sh(&format!("zpool destroy -f {}", self.name))
+                .status
+                .success()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
+    let pool = Pool::create();
+    let data_ds = format!("{}/pg/data", pool.name);
+    let replica_ds = format!("{}/replica/data", pool.name);
+    let zcfg = ZfsConfig {
+        data_dataset: data_ds.clone(),
+        wal_dataset: format!("{}/pg/wal", pool.name),
+        data_properties: Default::default(),
+        wal_properties: Default::default(),
+    };
+    let mut zc = pgpitr_config::Config::parse(
+        Path::new("x.toml"),
+        &format!(
+            "instance = \"test\"\n[postgres]\ndata_dir = \"{0}/data\"\n[archive]\ndir = \"{0}/wal\"\n[backup]\ndir = \"/nonexistent\"\n",
+            pool.mnt.display()
+        ),
+    )
+    .unwrap();
+    zc.zfs = Some(zcfg.clone());
+    pgpitr_zfs::ensure_instance(&zc, false).unwrap();
+    let c = Cluster::start(ClusterOptions {
+        placed: Some(pgpitr_integration::Placement {
+            data_dir: zc.postgres.data_dir.clone(),
+            archive_dir: zc.archive.dir.clone(),
+            zfs: Some(zcfg),
+        }),
+        ..Default::default()
+    });
+    install_preseed(&c);
+    let data = c.cfg.postgres.data_dir.clone();
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('base')")
+        .unwrap();
+    let backup = c.basebackup();
+    db.execute("INSERT INTO t (tag) VALUES ('after-backup')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    // The replica: syncoid from the live data dataset (a crash-consistent snapshot).
+    sh_ok(&format!(
+        "zfs create -o mountpoint=none {}/replica",
+        pool.name
+    ));
+    sh_ok(&format!(
+        "syncoid --no-privilege-elevation --quiet {data_ds} {replica_ds}"
+    ));
+    // Rows written after every snapshot: only the archive has them.
+    db.execute("INSERT INTO t (tag) VALUES ('sentinel-last')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    drop(db);
+    c.stop_server(&data);
+
+    // local: the data folder's contents are lost, the dataset and its snapshots are not.
+    for e in fs::read_dir(&data).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+    let mut cfg = c.cfg.clone();
+    cfg.preseed.methods = vec![PreseedMethod::Local];
+    cfg.preseed.syncoid.source = Some(replica_ds.clone());
+    let path = c.write_config(&cfg, "local.toml");
+    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    assert!(dry.stdout.contains("local    usable"), "{}", dry.stdout);
+    let t0 = Instant::now();
+    let r = preseed(&c, &path, &[]).ok();
+    eprintln!(
+        "preseed local (snapshot): {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(r.stdout.contains("rolled back"), "{}", r.stdout);
+    live_on_new_timeline(&c, &path, &cfg, &ROWS, "after-preseed-local");
+
+    // syncoid: a rebuilt node; the data dataset is gone and recreated empty (zfs ensure).
+    // (Test simulation of the loss; zfs-fuse may see the mount busy just after the stop.)
+    let start = Instant::now();
+    while !sh(&format!("zfs destroy -r -f {data_ds}")).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cannot destroy {data_ds} to simulate the loss"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    pgpitr_zfs::ensure_instance(&zc, false).unwrap();
+    let mut cfg = c.cfg.clone();
+    cfg.preseed.methods = vec![PreseedMethod::Syncoid];
+    cfg.preseed.syncoid.source = Some(replica_ds.clone());
+    let path = c.write_config(&cfg, "syncoid.toml");
+    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    assert!(dry.stdout.contains("syncoid  usable"), "{}", dry.stdout);
+    let t0 = Instant::now();
+    let r = preseed(&c, &path, &[]).ok();
+    eprintln!("preseed syncoid: {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(r.stdout.contains("received"), "{}", r.stdout);
+    let mut expected = ROWS.to_vec();
+    expected.push("after-preseed-local");
+    live_on_new_timeline(&c, &path, &cfg, &expected, "after-preseed-syncoid");
+    expected.push("after-preseed-syncoid");
+    pitr_across_switch(&c, &path, &backup, 5452, &expected);
+}
