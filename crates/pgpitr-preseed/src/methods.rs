@@ -120,6 +120,7 @@ fn restore_from(
             target,
             backup: None,
             timeline: None,
+            exclusive: false,
         },
     )?;
     let data_dir = ctx.data_dir();
@@ -184,6 +185,7 @@ fn probe_archive(ctx: &Context<'_>) -> Result<Freshness> {
             target: Target::Latest,
             backup: None,
             timeline: None,
+            exclusive: false,
         },
     )?;
     Ok(Freshness {
