@@ -5,6 +5,7 @@
 pub mod execute;
 pub mod inventory;
 pub mod plan;
+pub mod serverlog;
 pub mod target;
 
 pub use execute::{execute, ExecuteOptions, RestoreReport};

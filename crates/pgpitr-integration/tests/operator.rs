@@ -1,0 +1,142 @@
+//! What an operator meets under pressure (issue 15), against real PostgreSQL: errors that
+//! carry the server's own reason, restores that report success for a server that recovered,
+//! readiness polling that leaves nothing in the server's log.
+
+use pgpitr_integration::{Cluster, ClusterOptions, Run};
+use pgpitr_pg::PgCtl;
+use std::fs;
+use std::process::Command;
+
+/// Lines of the restored server's log that name a FATAL error.
+fn fatal_lines(into: &std::path::Path) -> Vec<String> {
+    fs::read_to_string(into.join("pgpitr-restore.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("FATAL"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn root_only() -> bool {
+    let root = pgpitr_pg::current_user_name() == "root";
+    assert!(
+        root,
+        "this test needs root (CI runs as root): it checks what pgpitr does as root against a server with peer authentication"
+    );
+    root
+}
+
+/// As root against `local all all peer`: basebackup says PostgreSQL's own reason and what to
+/// do; `pgpitr restore --json` of such a backup replays, promotes, exits 0 and prints its
+/// report although it can never connect to the restored server.
+#[test]
+fn peer_auth_as_root_gives_the_servers_reason_and_restore_succeeds() {
+    root_only();
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('x')")
+        .unwrap();
+    drop(db);
+    fs::write(
+        c.data().join("pg_hba.conf"),
+        "local all all peer\nlocal replication all peer\n",
+    )
+    .unwrap();
+    c.chown(&c.data().join("pg_hba.conf"));
+    let ctl = PgCtl {
+        bins: &c.bins,
+        account: c.account.as_ref(),
+        data_dir: c.data(),
+    };
+    pgpitr_pg::run(
+        pgpitr_pg::command_as(&c.bins.path("pg_ctl"), c.account.as_ref())
+            .args(["reload", "-D"])
+            .arg(c.data())
+            .current_dir("/"),
+    )
+    .unwrap();
+    assert!(ctl.is_running());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let r = c.tool("basebackup", &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("FATAL: Peer authentication failed for user \"postgres\"")
+            && r.stderr.contains("runuser -u postgres"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+
+    // With -v the chain is there, one cause per line.
+    let r = c.tool("basebackup", &["-v"]);
+    assert!(r.stderr.contains("caused by:") || r.stderr.contains("Peer authentication"));
+
+    // The healthcheck does not advise starting a server that runs.
+    let r = c.tool("healthcheck", &["--json"]);
+    assert!(
+        !r.stdout.contains("systemctl start") && r.stdout.contains("is running"),
+        "{}",
+        r.stdout
+    );
+
+    // As the server's own user it works; then restore that backup as root.
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(c.tools.join("basebackup"))
+        .arg("--config")
+        .arg(&c.cfg_path)
+        .output()
+        .unwrap();
+    let backup = Run::from(out).ok().stdout.trim().to_string();
+    assert!(!backup.is_empty());
+
+    let into = c.root.join("restored-peer");
+    let r = c.restore("immediate", &into, 5433, &["--json"]);
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON report");
+    assert_eq!(
+        report["timeline"],
+        2,
+        "{report}\n{}",
+        fs::read_to_string(into.join("pgpitr-restore.log")).unwrap()
+    );
+    assert_eq!(report["backup_id"], backup.as_str());
+    let fatal = fatal_lines(&into);
+    assert!(
+        fatal
+            .iter()
+            .all(|l| l.contains("Peer authentication failed"))
+            && fatal.len() <= 1,
+        "pgpitr tried to connect more than once to a server that refuses it: {fatal:?}"
+    );
+}
+
+/// Readiness comes from postmaster.pid: the restored server's log has no FATAL line at all
+/// (before, every 300 ms of replay logged `the database system is starting up`).
+#[test]
+fn restore_polling_leaves_no_fatal_in_the_server_log() {
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text)")
+        .unwrap();
+    c.basebackup();
+    for i in 0..3 {
+        db.batch_execute(&format!(
+            "INSERT INTO t (tag) SELECT 'row-{i}-' || g FROM generate_series(1, 20000) g"
+        ))
+        .unwrap();
+        c.switch_and_wait(5432);
+    }
+    let into = c.root.join("restored-quiet");
+    let r = c.restore("latest", &into, 5434, &[]).ok();
+    assert!(r.stdout.contains("new timeline 2"), "{}", r.stdout);
+    assert_eq!(fatal_lines(&into), Vec::<String>::new());
+    let mut restored = c.connect(5434);
+    let n: i64 = restored
+        .query_one("SELECT count(*) FROM t", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 60000);
+}
