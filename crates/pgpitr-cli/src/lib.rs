@@ -19,6 +19,9 @@ pub struct ConfigArgs {
     /// On failure print every cause on its own line; log at info level.
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
+    /// Print times in UTC instead of local time (JSON is always RFC 3339 in UTC).
+    #[arg(long, global = true)]
+    pub utc: bool,
 }
 
 impl ConfigArgs {
@@ -95,6 +98,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// a JSON document.
 pub fn run_main(tool: &str, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     init_logging();
+    pgpitr_time::set_utc(std::env::args().skip(1).any(|a| a == "--utc"));
     match f() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

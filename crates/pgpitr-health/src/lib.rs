@@ -238,7 +238,7 @@ fn backup_age(cfg: &Config) -> Check {
                 if age > limit {
                     Check::fail(
                         "backup_age",
-                        format!("newest complete backup ended {} ({age} s ago, limit {limit} s)", t.to_rfc3339()),
+                        format!("newest complete backup ended {} ({age} s ago, limit {limit} s)", pgpitr_time::human(t)),
                         "basebackup has not succeeded recently: check its timer and its log (journalctl -u postgresql-basebackup-<instance>)",
                     )
                 } else {
@@ -332,8 +332,8 @@ fn window(cfg: &Config) -> (Option<f64>, Option<f64>, Option<Check>) {
 }
 
 fn fmt_unix(t: f64) -> String {
-    chrono::DateTime::<Utc>::from_timestamp(t as i64, 0)
-        .map(|d| d.to_rfc3339())
+    chrono::DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
+        .map(pgpitr_time::human)
         .unwrap_or_else(|| t.to_string())
 }
 

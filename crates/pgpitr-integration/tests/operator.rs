@@ -140,3 +140,147 @@ fn restore_polling_leaves_no_fatal_in_the_server_log() {
         .get(0);
     assert_eq!(n, 60000);
 }
+
+/// `pgpitr` with the cluster's config, extra environment and arguments.
+fn pgpitr_env(c: &Cluster, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut cmd = Command::new(c.tools.join("pgpitr"));
+    cmd.arg("--config").arg(&c.cfg_path).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run::from(cmd.output().unwrap())
+}
+
+/// The target time of a dry-run plan, as the instant it names.
+fn planned_time(r: &Run) -> chrono::DateTime<chrono::Utc> {
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
+    assert_eq!(plan["target"]["kind"], "time", "{plan}");
+    chrono::DateTime::parse_from_rfc3339(plan["target"]["value"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// `--to` takes what a DBA copies (psql's `+00`, a log line's ` UTC`, `+01`, `+0100`, a zone
+/// name, a zone-less local time, which the plan states), all naming the same instant; a
+/// restore to psql's form keeps the row committed before and drops the one after; the
+/// window start and end `status` prints are accepted when pasted back.
+#[test]
+fn time_forms_and_pasted_window_bounds() {
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text)")
+        .unwrap();
+    c.basebackup();
+    db.batch_execute("INSERT INTO t (tag) VALUES ('before')")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // psql's own rendering of the target instant.
+    let psql_form: String = db
+        .query_one("SET TimeZone = 'UTC'; SELECT now()::text", &[])
+        .or_else(|_| db.query_one("SELECT now()::text", &[]))
+        .unwrap()
+        .get(0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    db.batch_execute("INSERT INTO t (tag) VALUES ('after')")
+        .unwrap();
+    c.switch_and_wait(5432);
+
+    let exact = pgpitr_time::parse(&psql_form, chrono::Utc::now())
+        .unwrap()
+        .time;
+    let berlin = exact.with_timezone(&chrono_tz::Europe::Berlin);
+    let naive_berlin = berlin.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let forms = [
+        psql_form.clone(),
+        exact.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string(),
+        berlin
+            .format("%Y-%m-%d %H:%M:%S%.6f%:z")
+            .to_string()
+            .trim_end_matches(":00")
+            .to_string(), // +01 / +02
+        berlin.format("%Y-%m-%d %H:%M:%S%.6f%z").to_string(), // +0100
+        format!("{naive_berlin} Europe/Berlin"),
+        exact.to_rfc3339(),
+    ];
+    for f in &forms {
+        let r = pgpitr_env(
+            &c,
+            &[],
+            &[
+                "restore",
+                "--to",
+                f,
+                "--into",
+                "/nonexistent-x",
+                "--port",
+                "5435",
+                "--dry-run",
+                "--json",
+            ],
+        );
+        assert_eq!(r.code, 0, "{f}: {}", r.stderr);
+        assert_eq!(planned_time(&r), pgpitr_time::trunc_micros(exact), "{f}");
+    }
+    // Zone-less: local time (TZ), and the plan says so.
+    let r = pgpitr_env(
+        &c,
+        &[("TZ", "Europe/Berlin")],
+        &[
+            "restore",
+            "--to",
+            &naive_berlin,
+            "--into",
+            "/nonexistent-x",
+            "--port",
+            "5435",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("has no zone: read as local time Europe/Berlin"),
+        "{}",
+        r.stdout
+    );
+
+    // Restore to psql's form: exact sentinel rows.
+    let into = c.root.join("restored-time");
+    c.restore(&psql_form, &into, 5436, &[]).ok();
+    let mut restored = c.connect(5436);
+    assert_eq!(pgpitr_integration::tags(&mut restored), vec!["before"]);
+    drop(restored);
+    c.discard(&into);
+
+    // The window status prints, pasted back, is accepted (local and --utc forms).
+    for env in [[("TZ", "America/St_Johns")], [("TZ", "UTC")]] {
+        let st = pgpitr_env(&c, &env, &["status"]).ok();
+        let line = st
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("restorable from "))
+            .unwrap_or_else(|| panic!("{}", st.stdout));
+        let rest = line.trim_start_matches("restorable from ");
+        let (start, rest) = rest.split_once(" to ").unwrap();
+        let end = rest.split(" (timeline").next().unwrap();
+        assert!(start.contains('.'), "window start has its fraction: {line}");
+        for bound in [start, end] {
+            let r = pgpitr_env(
+                &c,
+                &env,
+                &[
+                    "restore",
+                    "--to",
+                    bound,
+                    "--into",
+                    "/nonexistent-x",
+                    "--port",
+                    "5435",
+                    "--dry-run",
+                ],
+            );
+            assert_eq!(r.code, 0, "pasting {bound:?} from {line:?}: {}", r.stderr);
+        }
+    }
+}

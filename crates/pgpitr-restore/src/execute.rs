@@ -67,10 +67,7 @@ impl std::fmt::Display for RestoreReport {
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "?".into()),
             self.stopped_at_time
-                .map(|t| format!(
-                    ", last transaction at {}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ))
+                .map(|t| format!(", last transaction at {}", pgpitr_time::human(t)))
                 .unwrap_or_default()
         )?;
         writeln!(f, "  new timeline {}", self.timeline)?;
@@ -417,7 +414,7 @@ fn follow_replay(
             let line = format!(
                 "\r  replayed to {} ({pct:.0}%){}   ",
                 lsn.map(|l| l.to_string()).unwrap_or_default(),
-                t.map(|t| format!(", transactions up to {}", t.format("%Y-%m-%d %H:%M:%S")))
+                t.map(|t| format!(", transactions up to {}", pgpitr_time::human(t)))
                     .unwrap_or_default()
             );
             if line != last_line {

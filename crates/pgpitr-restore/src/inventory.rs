@@ -249,8 +249,9 @@ pub struct Status {
     pub window: Option<Window>,
 }
 
+/// Times for people: pgpitr-time's one format (local time with offset, microseconds).
 pub fn fmt_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    pgpitr_time::human(t)
 }
 
 /// Human-readable byte count.

@@ -264,7 +264,7 @@ fn record_metrics(dir: &Path, instance: &str, p: &PrunePlan) -> pgpitr_metrics::
 impl std::fmt::Display for PrunePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let w = |x: &Option<(DateTime<Utc>, DateTime<Utc>)>| match x {
-            Some((a, b)) => format!("{} to {}", a.to_rfc3339(), b.to_rfc3339()),
+            Some((a, b)) => format!("{} to {}", pgpitr_time::human(*a), pgpitr_time::human(*b)),
             None => "none".into(),
         };
         writeln!(f, "keep backups: {}", self.kept_backups.join(", "))?;

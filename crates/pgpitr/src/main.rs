@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use pgpitr_cli::{run_main, sd_notify, ConfigArgs};
 use pgpitr_pg::Bins;
-use pgpitr_restore::{execute, parse_target, plan, ExecuteOptions, Inventory, PlanRequest};
+use pgpitr_restore::{execute, plan, ExecuteOptions, Inventory, PlanRequest};
 use pgpitr_wal::codec::Decoder;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -32,7 +32,9 @@ enum Cmd {
     },
     /// Restore a cluster to a point in time into an empty folder and start it there.
     Restore {
-        /// RFC 3339 time, "N minutes ago", xid:N, name:LABEL, lsn:X/Y, immediate or latest.
+        /// A time (RFC 3339; PostgreSQL's forms such as "2026-11-22 13:28:28.40844+00",
+        /// "... UTC", "... Europe/Berlin"; a zone-less time is local time; "30 minutes ago"),
+        /// xid:N, name:LABEL, lsn:X/Y, immediate or latest. Any time pgpitr prints is accepted.
         #[arg(long)]
         to: String,
         /// Empty or new folder for the restored data.
@@ -231,7 +233,9 @@ fn main() -> ExitCode {
             staging,
         } => {
             let t0 = Instant::now();
-            let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+            let (target, zone_note) =
+                pgpitr_restore::target::parse_target_noted(to, chrono::Utc::now())
+                    .map_err(anyhow::Error::msg)?;
             let mut cfg = cli.config.load()?;
             let mut config_path = cli.config.path()?;
             pgpitr_restore::execute::check_target_dir(into)?;
@@ -264,7 +268,7 @@ fn main() -> ExitCode {
             let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
             let inv = Inventory::load(&cfg, &decoder)?;
-            let p = plan(
+            let mut p = plan(
                 &inv,
                 &bins,
                 &decoder,
@@ -274,6 +278,7 @@ fn main() -> ExitCode {
                     timeline: *timeline,
                 },
             )?;
+            p.warnings.extend(zone_note);
             let plan_secs = t0.elapsed().as_secs_f64();
             if *dry_run {
                 if *json {
