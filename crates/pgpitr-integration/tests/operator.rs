@@ -284,3 +284,29 @@ fn time_forms_and_pasted_window_bounds() {
         }
     }
 }
+
+/// `status` with the archive folder gone fails with a message naming it (it printed
+/// `0 objects` and a window, exit 0).
+#[test]
+fn status_fails_when_the_archive_folder_is_missing() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.basebackup();
+    c.tool("pgpitr", &["status"]).ok();
+    let mut cfg = c.cfg.clone();
+    cfg.archive.dir = c.root.join("archive-that-is-not-there");
+    let p = c.write_config(&cfg, "missing-archive.toml");
+    let r = c.tool_with(&p, "pgpitr", &["status"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("archive-that-is-not-there does not exist")
+            && r.stderr.contains("archive.dir"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    let r = c.tool_with(&p, "pgpitr", &["status", "--json"]);
+    assert_eq!(r.code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+}

@@ -26,6 +26,13 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn load(cfg: &Config, decoder: &Decoder) -> Result<Inventory> {
+        // A missing archive is a wrong path or a lost disk, never "0 objects".
+        if !cfg.archive.dir.is_dir() {
+            return Err(RestoreError::Refused(format!(
+                "archive folder {} does not exist: check archive.dir in the config and that its disk is mounted (archive-wal creates it when PostgreSQL archives the first segment)",
+                cfg.archive.dir.display()
+            )));
+        }
         let store = Store::new(&cfg.archive.dir);
         let meta = store.meta()?;
         let objects = store.list()?;
