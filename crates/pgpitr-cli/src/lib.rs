@@ -93,6 +93,14 @@ pub fn one_line(err: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A command that printed its JSON document (with `"ok": false`) before failing calls this,
+/// so `run_main` does not print a second one.
+pub fn json_printed() {
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Runs `f`, mapping an error to exit code 1 with one line on stderr. With `--json` a
 /// failure also prints `{"ok": false, "error": "..."}` on stdout, so a script always gets
 /// a JSON document.
@@ -102,7 +110,9 @@ pub fn run_main(tool: &str, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode 
     match f() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if std::env::args().skip(1).any(|a| a == "--json") {
+            if std::env::args().skip(1).any(|a| a == "--json")
+                && !JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 let doc = serde_json::json!({ "ok": false, "error": one_line(&e) });
                 println!("{doc}");
             }

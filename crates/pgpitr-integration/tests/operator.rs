@@ -310,3 +310,105 @@ fn status_fails_when_the_archive_folder_is_missing() {
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(doc["ok"], false);
 }
+
+/// `--dry-run` checks what the real run would trip over, before touching anything: a taken
+/// port, a config file the server's user cannot read, a target folder it cannot reach.
+#[test]
+fn dry_run_refuses_a_taken_port_and_unreachable_files() {
+    root_only();
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text)")
+        .unwrap();
+    c.basebackup();
+    c.switch_and_wait(5432);
+    let into = c.root.join("never-created");
+    let into_s = into.to_str().unwrap();
+
+    // Port 5432 is the running source server's.
+    let r = c.tool(
+        "pgpitr",
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--into",
+            into_s,
+            "--port",
+            "5432",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("port 5432 is taken"), "{}", r.stderr);
+    assert!(r.stdout.contains("check:    FAILED"), "{}", r.stdout);
+    assert!(!into.exists());
+
+    // A config only root can read: found now, not when recovery stops.
+    let private = c.root.join("private");
+    fs::create_dir(&private).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg_copy = private.join("pgpitr.toml");
+    fs::copy(&c.cfg_path, &cfg_copy).unwrap();
+    let r = c.tool_with(
+        &cfg_copy,
+        "pgpitr",
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--into",
+            into_s,
+            "--port",
+            "5440",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("user `postgres` cannot enter")
+            && r.stderr.contains(private.to_str().unwrap()),
+        "{}",
+        r.stderr
+    );
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    let failed: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec!["config_access"], "{doc}");
+
+    // A target under a folder the server cannot enter; the real run refuses it as well.
+    let hidden = private.join("restore-here");
+    let r = c.restore("latest", &hidden, 5441, &[]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("refused before touching anything")
+            && r.stderr.contains("user `postgres` needs execute/search on"),
+        "{}",
+        r.stderr
+    );
+    assert!(!hidden.exists());
+
+    // And all clear: the dry run passes.
+    c.tool(
+        "pgpitr",
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--into",
+            into_s,
+            "--port",
+            "5440",
+            "--dry-run",
+        ],
+    )
+    .ok();
+}

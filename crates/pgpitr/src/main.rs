@@ -279,15 +279,40 @@ fn main() -> ExitCode {
                 },
             )?;
             p.warnings.extend(zone_note);
+            let checks = pgpitr_restore::preflight::check(
+                &cfg,
+                &pgpitr_restore::preflight::PreflightRequest {
+                    into,
+                    port: *port,
+                    config_path: &config_path,
+                    tools_dir: &tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    raw_bytes: p.backup.raw_bytes(),
+                },
+            );
+            let refused = pgpitr_restore::preflight::failures(&checks);
             let plan_secs = t0.elapsed().as_secs_f64();
             if *dry_run {
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&p)?);
+                    let mut doc = serde_json::to_value(&p)?;
+                    doc["checks"] = serde_json::to_value(&checks)?;
+                    doc["ok"] = refused.is_none().into();
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    pgpitr_cli::json_printed();
                 } else {
                     print!("{p}");
+                    for c in &checks {
+                        let mark = if c.ok { "ok" } else { "FAILED" };
+                        println!("check:    {:<8} {}", mark, c.detail);
+                    }
                     println!("dry run: nothing was changed");
                 }
+                if let Some(why) = refused {
+                    anyhow::bail!("the restore would fail: {why}");
+                }
                 return Ok(());
+            }
+            if let Some(why) = refused {
+                anyhow::bail!("refused before touching anything: {why}");
             }
             if !*json {
                 eprint!("{p}");
