@@ -24,6 +24,7 @@ struct Cli {
 enum Cmd {
     /// Backups, archived WAL and the restorable window.
     Status {
+        /// Print the status as JSON on stdout.
         #[arg(long)]
         json: bool,
         /// List what the offsite restic repository holds instead.
@@ -62,6 +63,7 @@ enum Cmd {
         /// Where `--from offsite` puts what it fetches (default: beside --into).
         #[arg(long)]
         staging: Option<PathBuf>,
+        /// Print the report (or with --dry-run the plan and its checks) as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -70,6 +72,7 @@ enum Cmd {
         /// Check names and sizes only (no decoding).
         #[arg(long)]
         quick: bool,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -102,8 +105,10 @@ enum ConfigCmd {
 enum ZfsCmd {
     /// Create missing datasets with tuned properties; report drift (exit 1), fix it with --fix.
     Ensure {
+        /// Set drifted properties to the configured values (without it, only report).
         #[arg(long)]
         fix: bool,
+        /// Print the datasets and their properties as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
             }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+                pgpitr_cli::json_printed();
             } else {
                 println!("{report}");
             }
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
             let drift: usize = states.iter().map(|s| s.drift().len()).sum();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&states)?);
+                pgpitr_cli::json_printed();
             } else {
                 for s in &states {
                     let created = if s.created { ": created" } else { "" };
