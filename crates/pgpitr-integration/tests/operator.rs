@@ -412,3 +412,79 @@ fn dry_run_refuses_a_taken_port_and_unreachable_files() {
     )
     .ok();
 }
+
+/// Bytes of every file under `dir` (files vanishing mid-walk count as gone).
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    for e in rd.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += tree_bytes(&e.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+/// basebackup streams pg_basebackup's tar through checking and compression: the backup
+/// folder never holds more than the compressed backup plus its small metadata files (it held
+/// the whole uncompressed tar before).
+#[test]
+fn basebackup_peak_disk_is_the_compressed_backup() {
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute(
+        "CREATE TABLE t (id serial, tag text); \
+         INSERT INTO t (tag) SELECT repeat('compressible ', 20) || g FROM generate_series(1, 200000) g",
+    )
+    .unwrap();
+    let backups = c.cfg.backup.dir.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let backups = backups.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tree_bytes(&backups));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let r = c.tool("basebackup", &["--json"]).ok();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let info: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let file = &info["files"][0];
+    let stored = file["stored_bytes"].as_u64().unwrap();
+    let raw = file["raw_bytes"].as_u64().unwrap();
+    let id = info["id"].as_str().unwrap();
+    let manifest = fs::metadata(backups.join(id).join("backup_manifest"))
+        .unwrap()
+        .len();
+    let json = fs::metadata(backups.join(id).join("backup.json"))
+        .unwrap()
+        .len();
+    println!("raw {raw} B, stored {stored} B, peak in backup.dir {peak} B");
+    assert!(
+        raw > 4 * stored,
+        "the data should compress well: {raw} vs {stored}"
+    );
+    assert!(
+        peak <= stored + manifest + json + 4096,
+        "peak {peak} B > compressed {stored} B + manifest {manifest} B + backup.json {json} B"
+    );
+    // The stored backup restores: the manifest check and the tar are intact.
+    c.tool("pgpitr", &["verify"]).ok();
+    c.switch_and_wait(5432);
+    let into = c.root.join("restored-stream");
+    c.restore("immediate", &into, 5437, &[]).ok();
+    let mut restored = c.connect(5437);
+    let n: i64 = restored
+        .query_one("SELECT count(*) FROM t", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 200000);
+}
