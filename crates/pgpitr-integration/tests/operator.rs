@@ -488,3 +488,68 @@ fn basebackup_peak_disk_is_the_compressed_backup() {
         .get(0);
     assert_eq!(n, 200000);
 }
+
+/// Every flag of every binary and subcommand has help text (`--json`, `--fix`, `--what` had
+/// none).
+#[test]
+fn every_flag_has_help_text() {
+    let bins = pgpitr_integration::built_bins();
+    let mut runs: Vec<(String, Vec<&str>)> = pgpitr_integration::TOOLS
+        .iter()
+        .map(|t| (t.to_string(), vec!["--help"]))
+        .collect();
+    for sub in [
+        vec!["status", "--help"],
+        vec!["restore", "--help"],
+        vec!["verify", "--help"],
+        vec!["demo", "--help"],
+        vec!["zfs", "ensure", "--help"],
+        vec!["config", "check", "--help"],
+    ] {
+        runs.push(("pgpitr".into(), sub));
+    }
+    for (tool, args) in runs {
+        let r = Run::from(Command::new(bins.join(&tool)).args(&args).output().unwrap()).ok();
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            // Flags ("-c, --config", "--json"), not possible values ("- wal: ...").
+            if !t.starts_with('-') || t.starts_with("- ") {
+                continue;
+            }
+            // "-c, --config <PATH>  Instance config file", or (clap's next-line layout) the
+            // description on the following, further indented line.
+            let same_line = t
+                .split_once("  ")
+                .map(|(_, d)| !d.trim().is_empty())
+                .unwrap_or(false);
+            let indent = line.len() - t.len();
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                let nt = n.trim_start();
+                !nt.is_empty() && !nt.starts_with('-') && n.len() - nt.len() > indent
+            });
+            assert!(same_line || next_line, "{tool} {args:?}: no help for {t:?}");
+        }
+    }
+}
+
+/// The demo ends with the `pgpitr restore` command it stands for and where to read next.
+#[test]
+fn demo_ends_with_the_equivalent_restore_command() {
+    let bins = pgpitr_integration::built_bins();
+    let r = Run::from(
+        Command::new(bins.join("pgpitr"))
+            .arg("demo")
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    let tail: Vec<&str> = r.stdout.lines().rev().take(4).collect();
+    assert!(
+        tail.iter().any(|l| l.contains("restore --to '")
+            && l.contains("--into")
+            && l.contains("docs/runbook.md")),
+        "{}",
+        r.stdout
+    );
+}

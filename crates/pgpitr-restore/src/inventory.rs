@@ -29,7 +29,7 @@ impl Inventory {
         // A missing archive is a wrong path or a lost disk, never "0 objects".
         if !cfg.archive.dir.is_dir() {
             return Err(RestoreError::Refused(format!(
-                "archive folder {} does not exist: check archive.dir in the config and that its disk is mounted (archive-wal creates it when PostgreSQL archives the first segment)",
+                "archive folder {} does not exist: check archive.dir in the config and that its file system is mounted (a new instance creates it with install -d -o postgres -m 0750, see docs/runbook.md)",
                 cfg.archive.dir.display()
             )));
         }
