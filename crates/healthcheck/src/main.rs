@@ -11,6 +11,7 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Print the report as JSON on stdout (see docs/json.md).
     #[arg(long)]
     json: bool,
 }

@@ -8,8 +8,11 @@ use std::process::ExitCode;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum WhatArg {
+    /// The WAL archive only.
     Wal,
+    /// Complete base backups only.
     Backups,
+    /// Both.
     All,
 }
 
@@ -19,11 +22,13 @@ enum WhatArg {
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// What to copy: the WAL archive, the complete backups, or both.
     #[arg(long, value_enum, default_value = "all")]
     what: WhatArg,
     /// Remove stale restic locks first (`restic unlock`); only when no other restic runs.
     #[arg(long)]
     unlock_stale: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }

@@ -7,18 +7,19 @@
 mod manifest;
 pub mod metrics;
 pub mod relnames;
+mod stream;
 
 use chrono::{DateTime, Utc};
 use pgpitr_config::Config;
 use pgpitr_durable::{create_dir_all_durable, write_new};
 use pgpitr_pg::{Bins, Endpoint};
-use pgpitr_wal::codec::{Decoder, Encoder, HashingWriter};
+use pgpitr_wal::codec::{Decoder, Encoder};
 use pgpitr_wal::Lsn;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{BufReader, IsTerminal};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 pub use manifest::Manifest;
@@ -183,127 +184,43 @@ pub fn take(config: &Config, progress: &mut dyn FnMut(&str)) -> Result<BackupInf
     // Whatever happens from here, a failed run removes its folder; a killed run leaves a
     // folder without backup.json, which is never counted.
     let guard = RemoveOnDrop(Some(dir.clone()));
-    let staging = dir.join(".staging");
-    fs::create_dir(&staging).map_err(io_err(format!("create {}", staging.display())))?;
-
     let start_time = Utc::now();
     progress(&format!("pg_basebackup into {}", dir.display()));
     let label = format!("pgpitr {} {id}", config.instance);
-    let tty = std::io::stderr().is_terminal();
     let mut cmd = Command::new(bins.path("pg_basebackup"));
-    cmd.arg("-D")
-        .arg(&staging)
-        .args([
-            "-F",
-            "tar",
-            "-X",
-            "fetch",
-            "--checkpoint=fast",
-            "--no-password",
-        ])
-        .arg("-l")
-        .arg(&label)
-        .arg("-h")
-        .arg(&config.postgres.socket_dir)
-        .arg("-p")
-        .arg(config.postgres.port.to_string())
-        .arg("-U")
-        .arg(&config.postgres.user)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    if tty {
-        cmd.arg("-P").stderr(Stdio::inherit());
-    } else {
-        cmd.stderr(Stdio::piped());
-    }
-    let out = cmd.output().map_err(|source| pgpitr_pg::PgError::Spawn {
-        cmd: "pg_basebackup".into(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(pgpitr_pg::PgError::Command {
-            cmd: "pg_basebackup".into(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }
-        .into());
-    }
+    cmd.args([
+        "-F",
+        "tar",
+        "-X",
+        "fetch",
+        "--checkpoint=fast",
+        "--no-password",
+    ])
+    .arg("-l")
+    .arg(&label)
+    .arg("-h")
+    .arg(&config.postgres.socket_dir)
+    .arg("-p")
+    .arg(config.postgres.port.to_string())
+    .arg("-U")
+    .arg(&config.postgres.user);
+    // One pass: pg_basebackup's tar is checked against its manifest and compressed as it
+    // arrives; no uncompressed copy is staged on disk.
+    let streamed = stream::stream(cmd, &dir, &encoder, &id, progress)?;
     let stop_time = Utc::now();
     let next_xid: String = client
         .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
         .map_err(pgpitr_pg::PgError::from)?
         .get(0);
-
-    let manifest_bytes = fs::read(staging.join("backup_manifest"))
-        .map_err(io_err("read backup_manifest from pg_basebackup"))?;
-    let manifest = Manifest::parse(&manifest_bytes).map_err(|message| BackupError::Verify {
-        id: id.clone(),
-        message,
-    })?;
-
-    let mut tars: Vec<String> = fs::read_dir(&staging)
-        .map_err(io_err("list staging"))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".tar"))
-        .collect();
-    tars.sort();
-
-    progress("checking pg_basebackup's output against its manifest");
-    let mut seen = std::collections::HashMap::new();
-    let mut label_text = None;
-    for tar_name in &tars {
-        let src = staging.join(tar_name);
-        let f = File::open(&src).map_err(io_err(format!("open {}", src.display())))?;
-        manifest::check_tar(
-            BufReader::with_capacity(1 << 20, f),
-            &tar_prefix(tar_name),
-            &mut seen,
-            &mut label_text,
-        )
+    let manifest_bytes = streamed.manifest_bytes;
+    let manifest = streamed.manifest;
+    let (start_lsn, checkpoint_lsn, timeline) = manifest::parse_backup_label(&streamed.label_text)
         .map_err(|message| BackupError::Verify {
             id: id.clone(),
             message,
         })?;
-    }
-    manifest
-        .compare(&seen)
-        .map_err(|message| BackupError::Verify {
-            id: id.clone(),
-            message,
-        })?;
-    let (start_lsn, checkpoint_lsn, timeline) =
-        manifest::parse_backup_label(label_text.as_deref().unwrap_or("")).map_err(|message| {
-            BackupError::Verify {
-                id: id.clone(),
-                message,
-            }
-        })?;
-
-    let mut files = Vec::new();
-    for tar_name in &tars {
-        progress(&format!("compressing {tar_name}"));
-        let src = staging.join(tar_name);
-        let stored_name = format!("{tar_name}{}", encoder.suffix());
-        let dest = dir.join(&stored_name);
-        let mut tmp = pgpitr_durable::TempFile::new_in(&dir, &stored_name, 0o640)?;
-        let f = File::open(&src).map_err(io_err(format!("open {}", src.display())))?;
-        let mut hw = HashingWriter::new(tmp.file());
-        let enc = encoder.encode(BufReader::with_capacity(1 << 20, f), &mut hw)?;
-        let (stored_sha, _) = hw.finish();
-        tmp.publish_new(&dest)?;
-        fs::remove_file(&src).map_err(io_err(format!("remove {}", src.display())))?;
-        files.push(BackupFile {
-            name: stored_name,
-            original: tar_name.clone(),
-            raw_bytes: enc.raw_bytes,
-            stored_bytes: enc.stored_bytes,
-            raw_sha256: enc.sha256,
-            stored_sha256: stored_sha,
-        });
-    }
+    let files = vec![streamed.file];
     write_new(&dir.join("backup_manifest"), &manifest_bytes, 0o640)?;
-    fs::remove_file(staging.join("backup_manifest")).ok();
-    fs::remove_dir(&staging).map_err(io_err("remove staging"))?;
 
     progress("verifying the stored files");
     verify_stored_checksums(&dir, &files, &id)?;

@@ -96,6 +96,20 @@ pub fn check_tar<R: Read>(
     seen: &mut HashMap<String, (u64, u32)>,
     label: &mut Option<String>,
 ) -> Result<(), String> {
+    check_tar_capturing(reader, prefix, seen, label, &mut None)
+}
+
+/// Same, and when `manifest` is `Some`, the top-level `backup_manifest` member that
+/// pg_basebackup puts into the tar it writes to stdout is captured there (it is not a file of
+/// the cluster, so it is left out of `seen`).
+pub fn check_tar_capturing<R: Read>(
+    reader: R,
+    prefix: &str,
+    seen: &mut HashMap<String, (u64, u32)>,
+    label: &mut Option<String>,
+    manifest: &mut Option<Vec<u8>>,
+) -> Result<(), String> {
+    let capture_manifest = manifest.is_some();
     let mut ar = tar::Archive::new(reader);
     let entries = ar.entries().map_err(|e| format!("reading tar: {e}"))?;
     for entry in entries {
@@ -113,7 +127,8 @@ pub fn check_tar<R: Read>(
         let mut crc = 0u32;
         let mut size = 0u64;
         let mut buf = vec![0u8; 1 << 16];
-        let mut text = if path == "backup_label" {
+        let is_manifest = capture_manifest && path == "backup_manifest";
+        let mut text = if path == "backup_label" || is_manifest {
             Some(Vec::new())
         } else {
             None
@@ -130,6 +145,10 @@ pub fn check_tar<R: Read>(
             if let Some(t) = text.as_mut() {
                 t.extend_from_slice(&buf[..n]);
             }
+        }
+        if is_manifest {
+            *manifest = text;
+            continue;
         }
         if let Some(t) = text {
             *label = Some(String::from_utf8_lossy(&t).into_owned());

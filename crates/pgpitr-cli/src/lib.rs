@@ -16,6 +16,12 @@ pub struct ConfigArgs {
     /// Instance name: reads $PGPITR_CONFIG_DIR (default /etc/pgpitr)/NAME.toml or .json.
     #[arg(long, value_name = "NAME", conflicts_with = "config", global = true)]
     pub instance: Option<String>,
+    /// On failure print every cause on its own line; log at info level.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+    /// Print times in UTC instead of local time (JSON is always RFC 3339 in UTC).
+    #[arg(long, global = true)]
+    pub utc: bool,
 }
 
 impl ConfigArgs {
@@ -41,7 +47,7 @@ impl ConfigArgs {
 pub fn init_logging() {
     let filter = std::env::var("PGPITR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+        .unwrap_or_else(|_| if verbose() { "info" } else { "warn" }.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -49,8 +55,33 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Prints `tool: error: cause: cause` on one line and returns exit code `code`.
+/// `-v`/`--verbose` on the command line (read before clap so errors from any stage see it).
+pub fn verbose() -> bool {
+    std::env::args().skip(1).any(|a| {
+        a == "--verbose"
+            || (a.len() > 1
+                && a.starts_with('-')
+                && a[1..].chars().all(|c| c.is_ascii_alphabetic())
+                && a[1..].contains('v'))
+    })
+}
+
+/// Prints `tool: error: cause: cause` on one line and returns exit code `code`; with `-v`,
+/// the error and then each cause of its chain on a line of its own.
 pub fn fail(tool: &str, err: &anyhow::Error, code: u8) -> ExitCode {
+    if verbose() {
+        eprintln!("{tool}: error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        return ExitCode::from(code);
+    }
+    eprintln!("{tool}: error: {}", one_line(err));
+    ExitCode::from(code)
+}
+
+/// The error as one line: the message and each cause not already part of it.
+pub fn one_line(err: &anyhow::Error) -> String {
     let mut msg = err.to_string();
     for cause in err.chain().skip(1) {
         let c = cause.to_string();
@@ -59,16 +90,34 @@ pub fn fail(tool: &str, err: &anyhow::Error, code: u8) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    eprintln!("{tool}: error: {}", msg.replace('\n', " "));
-    ExitCode::from(code)
+    msg.replace('\n', " ")
 }
 
-/// Runs `f`, mapping an error to exit code 1 with one line on stderr.
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A command that printed its JSON document (with `"ok": false`) before failing calls this,
+/// so `run_main` does not print a second one.
+pub fn json_printed() {
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f`, mapping an error to exit code 1 with one line on stderr. With `--json` a
+/// failure also prints `{"ok": false, "error": "..."}` on stdout, so a script always gets
+/// a JSON document.
 pub fn run_main(tool: &str, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     init_logging();
+    pgpitr_time::set_utc(std::env::args().skip(1).any(|a| a == "--utc"));
     match f() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(tool, &e, 1),
+        Err(e) => {
+            if std::env::args().skip(1).any(|a| a == "--json")
+                && !JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let doc = serde_json::json!({ "ok": false, "error": one_line(&e) });
+                println!("{doc}");
+            }
+            fail(tool, &e, 1)
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config {path}: key `{key}`: {message}")]
+    #[error("config {path}: {}: {message}", key_text(key))]
     Parse {
         path: PathBuf,
         key: String,
@@ -39,6 +39,16 @@ pub enum ConfigError {
         toml: PathBuf,
         json: PathBuf,
     },
+}
+
+/// Where in the file a parse error is: `key `archive.level``, or `top level` for the root
+/// (serde_path_to_error says `.`), where a missing field is a missing section or key.
+fn key_text(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        "top level".into()
+    } else {
+        format!("key `{key}`")
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ConfigError>;
@@ -811,6 +821,16 @@ dir = "/srv/backup"
         assert!(e.contains("/etc/pgpitr/main.toml"), "{e}");
         assert!(e.contains("prot"), "{e}");
         assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_is_at_the_top_level_not_key_dot() {
+        let text = GOOD.replace("[backup]\ndir = \"/srv/backup\"\n", "");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("key `.`") && !e.contains("key '.'"), "{e}");
+        assert!(e.contains("top level") && e.contains("backup"), "{e}");
     }
 
     #[test]

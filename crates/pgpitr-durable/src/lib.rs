@@ -16,7 +16,7 @@ pub const TMP_PREFIX: &str = ".tmp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DurableError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {}", explain_io(.source, .op, Some(.path)))]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -44,11 +44,122 @@ type Result<T> = std::result::Result<T, DurableError>;
 /// An I/O error with what was being done, shared by every library's error type
 /// (`#[error(transparent)] Io(#[from] IoError)`).
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}: {}", explain_io(.source, .what, path_in(.what)))]
 pub struct IoError {
     pub what: String,
     #[source]
     pub source: io::Error,
+}
+
+/// The OS's reason, and for a refused permission (EACCES, EPERM) who needs what on which
+/// path: `Permission denied (os error 13): user `backup` needs search (x) access to /srv/pg
+/// (owner postgres:postgres, mode 700)`. `op` says what was being done (read, create, ...).
+pub fn explain_io(source: &io::Error, op: &str, path: Option<&Path>) -> String {
+    let base = source.to_string();
+    let code = source.raw_os_error();
+    if code != Some(libc::EACCES) && code != Some(libc::EPERM) {
+        return base;
+    }
+    let me = user_name(unsafe { libc::geteuid() });
+    let Some(path) = path else {
+        return format!("{base}: user `{me}` lacks the access this needs: run as a user that has it, or fix the owner or mode");
+    };
+    // From / down: the first folder this user cannot enter blocks everything below it.
+    let ancestors: Vec<&Path> = path.ancestors().collect();
+    for dir in ancestors.iter().rev().skip(1).copied() {
+        if dir == path {
+            break;
+        }
+        if fs::metadata(dir).is_ok() && !may_access(dir, libc::X_OK) {
+            return format!(
+                "{base}: user `{me}` needs search (x) access to {}{}: chmod/chown it or run as its owner",
+                dir.display(),
+                owner_mode(dir)
+            );
+        }
+    }
+    let op_lower = op.to_ascii_lowercase();
+    let reading = ["read", "open", "list", "stat", "load"]
+        .iter()
+        .any(|w| op_lower.contains(w));
+    let existing = ancestors
+        .iter()
+        .copied()
+        .find(|p| fs::symlink_metadata(p).is_ok())
+        .unwrap_or(path);
+    if code == Some(libc::EPERM) {
+        return format!(
+            "{base}: user `{me}` may not change {}{}: run as root or as its owner",
+            existing.display(),
+            owner_mode(existing)
+        );
+    }
+    let (what, on) = if existing == path {
+        (if reading { "read" } else { "write" }, path)
+    } else {
+        ("write", existing)
+    };
+    format!(
+        "{base}: user `{me}` needs {what} access to {}{}: chown/chmod it or run as a user that has it",
+        on.display(),
+        owner_mode(on)
+    )
+}
+
+/// The first absolute path in a message such as `create /srv/x/y`.
+fn path_in(what: &str) -> Option<&Path> {
+    what.split_whitespace()
+        .find(|w| w.starts_with('/'))
+        .map(|w| Path::new(w.trim_end_matches([':', ',', ')'])))
+}
+
+fn may_access(p: &Path, mode: libc::c_int) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid C string; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+fn owner_mode(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::symlink_metadata(p) {
+        Ok(m) => format!(
+            " (owner {}:{}, mode {:o})",
+            user_name(m.uid()),
+            group_name(m.gid()),
+            m.mode() & 0o7777
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// Name of the user with this uid (the number when it has none).
+pub fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns static storage or null; we copy the name out at once.
+    unsafe {
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return uid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn group_name(gid: u32) -> String {
+    // SAFETY: getgrgid returns static storage or null; we copy the name out at once.
+    unsafe {
+        let gr = libc::getgrgid(gid);
+        if gr.is_null() || (*gr).gr_name.is_null() {
+            return gid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*gr).gr_name)
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// `.map_err(io_context("read backup.json"))?`: names what failed.
@@ -325,5 +436,29 @@ mod tests {
         // flock locks are per open file description, so a second open conflicts.
         let err = FileLock::try_exclusive(&p, "a test").err().unwrap();
         assert!(err.to_string().contains("locked"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod explain_tests {
+    use super::*;
+
+    #[test]
+    fn permission_errors_name_user_access_and_path() {
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        let s = explain_io(&e, "create", Some(Path::new("/nonexistent-pgpitr/x")));
+        assert!(
+            s.starts_with("Permission denied (os error 13): user `"),
+            "{s}"
+        );
+        assert!(s.contains("needs write access to / (owner "), "{s}");
+        let e = IoError {
+            what: "read /nonexistent-pgpitr/backup.json".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        let s = e.to_string();
+        assert!(s.contains("may not change / (owner"), "{s}");
+        let plain = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(explain_io(&plain, "read", None), plain.to_string());
     }
 }

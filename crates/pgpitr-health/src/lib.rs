@@ -64,14 +64,7 @@ pub fn run(cfg: &Config) -> Report {
     };
     let store = Store::new(&cfg.archive.dir);
     match ep.wait_connect("postgres", Duration::from_secs(h.connect_timeout_seconds)) {
-        Err(e) => checks.push(Check::fail(
-            "server",
-            e.to_string(),
-            format!(
-                "start PostgreSQL (systemctl start postgresql-{0}) or fix postgres.socket_dir/port in the config",
-                cfg.instance
-            ),
-        )),
+        Err(e) => checks.push(Check::fail("server", e.to_string(), server_advice(cfg, &e))),
         Ok(mut db) => {
             checks.push(Check::pass("server", "answers"));
             checks.extend(server_checks(cfg, &mut db, &store));
@@ -102,6 +95,43 @@ pub fn run(cfg: &Config) -> Report {
         checks,
         window_oldest,
         window_newest,
+    }
+}
+
+/// What to do when the server does not let us in: start it only when it is really not
+/// running (it answered, or its postmaster.pid names a live process, means it is).
+fn server_advice(cfg: &Config, e: &pgpitr_pg::PgError) -> String {
+    if let pgpitr_pg::PgError::Connect {
+        server_answered: true,
+        ..
+    } = e
+    {
+        return format!(
+            "the server is running and refused the connection: let database user {:?} in over the socket (pg_hba.conf) or run healthcheck as the matching OS user",
+            cfg.postgres.user
+        );
+    }
+    let pid_file = cfg.postgres.data_dir.join("postmaster.pid");
+    let live_pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        .filter(|pid| {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            *pid > 0
+                && (unsafe { libc::kill(*pid, 0) } == 0
+                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+        });
+    match live_pid {
+        Some(pid) => format!(
+            "the server is running (pid {pid} in {}) but not reachable at socket folder {} port {}: fix postgres.socket_dir/port in the config to match its unix_socket_directories/port",
+            pid_file.display(),
+            cfg.postgres.socket_dir.display(),
+            cfg.postgres.port
+        ),
+        None => format!(
+            "start PostgreSQL (systemctl start postgresql-{0}) or fix postgres.socket_dir/port in the config",
+            cfg.instance
+        ),
     }
 }
 
@@ -250,7 +280,7 @@ fn backup_age(cfg: &Config, inv: Option<&Inventory>) -> Check {
                 if age > limit {
                     Check::fail(
                         "backup_age",
-                        format!("newest complete backup ended {} ({age} s ago, limit {limit} s)", t.to_rfc3339()),
+                        format!("newest complete backup ended {} ({age} s ago, limit {limit} s)", pgpitr_time::human(t)),
                         "basebackup has not succeeded recently: check its timer and its log (journalctl -u postgresql-basebackup-<instance>)",
                     )
                 } else {
@@ -353,8 +383,8 @@ fn window(
 }
 
 fn fmt_unix(t: f64) -> String {
-    chrono::DateTime::<Utc>::from_timestamp(t as i64, 0)
-        .map(|d| d.to_rfc3339())
+    chrono::DateTime::<Utc>::from_timestamp_micros((t * 1e6) as i64)
+        .map(pgpitr_time::human)
         .unwrap_or_else(|| t.to_string())
 }
 

@@ -35,9 +35,12 @@ pub enum PgError {
     Connect {
         socket_dir: PathBuf,
         port: u16,
+        /// PostgreSQL's own reason (or the OS's), and what to do about it.
         message: String,
+        /// The server answered (it is running) and refused us.
+        server_answered: bool,
     },
-    #[error("query failed: {0}")]
+    #[error("query failed: {}", reason(.0))]
     Query(#[from] postgres::Error),
     #[error("{0}")]
     Other(String),
@@ -206,6 +209,49 @@ fn check(name: &str, out: Output) -> Result<Output> {
     })
 }
 
+/// A PostgreSQL client error in words: the server's own message (`FATAL: Peer authentication
+/// failed for user "postgres"`, with its detail and hint) rather than the client library's
+/// `db error`, or the OS's reason for a failed connection.
+pub fn reason(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!(" hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Name of the OS user this process runs as (its uid when it has no name).
+pub fn current_user_name() -> String {
+    // SAFETY: geteuid has no preconditions; getpwuid returns static storage or null and we
+    // copy the name out at once.
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return uid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 /// Where and as whom to reach a server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -223,10 +269,23 @@ impl Endpoint {
             .dbname(dbname)
             .application_name("pgpitr")
             .connect_timeout(Duration::from_secs(10));
-        cfg.connect(postgres::NoTls).map_err(|e| PgError::Connect {
-            socket_dir: self.socket_dir.clone(),
-            port: self.port,
-            message: e.to_string(),
+        cfg.connect(postgres::NoTls).map_err(|e| {
+            let mut message = reason(&e);
+            if let Some(db) = e.as_db_error() {
+                if db.message().contains("Peer authentication failed") {
+                    let me = current_user_name();
+                    message.push_str(&format!(
+                        " (peer authentication lets OS user `{me}` in only as database user `{me}`: run this as `{0}`, e.g. runuser -u {0} -- COMMAND, or map `{me}` to `{0}` in pg_ident.conf)",
+                        self.user
+                    ));
+                }
+            }
+            PgError::Connect {
+                socket_dir: self.socket_dir.clone(),
+                port: self.port,
+                message,
+                server_answered: e.as_db_error().is_some(),
+            }
         })
     }
 
@@ -296,6 +355,33 @@ impl PgCtl<'_> {
             .unwrap_or(false)
     }
 
+    /// The postmaster's state as it writes it in line 8 of `postmaster.pid`. Reading it never
+    /// touches the server, so polling it leaves nothing in the server's log (a connection
+    /// attempt while the server starts makes it log `FATAL: the database system is starting
+    /// up`). `None` when there is no pid file or no status line yet.
+    pub fn pm_status(&self) -> Option<PmStatus> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        Some(PmStatus::parse(text.lines().nth(7)?))
+    }
+
+    /// One field of `pg_controldata` ("Database cluster state", ...). Reads pg_control, never
+    /// the server.
+    pub fn control_field(&self, field: &str) -> Result<Option<String>> {
+        let mut c = command_as(&self.bins.path("pg_controldata"), self.account);
+        c.arg("-D").arg(self.data_dir).current_dir("/");
+        let out = run(&mut c)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == field).then(|| v.trim().to_string())
+        }))
+    }
+
+    /// Whether recovery is over (pg_control says `in production`).
+    pub fn in_production(&self) -> bool {
+        matches!(self.control_field("Database cluster state"), Ok(Some(s)) if s == "in production")
+    }
+
     /// The command line an operator runs to stop this server.
     pub fn stop_hint(&self) -> String {
         let base = format!(
@@ -307,6 +393,37 @@ impl PgCtl<'_> {
             Some(a) => format!("runuser -u {} -- {base}", a.name),
             None => base,
         }
+    }
+}
+
+/// Line 8 of `postmaster.pid` (PM_STATUS_* in PostgreSQL's pidfile.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmStatus {
+    /// Starting up or replaying WAL before a consistent state: connections are refused.
+    Starting,
+    /// Standby mode (standby.signal) before it accepts connections.
+    Standby,
+    /// Accepting connections: normal operation, or a hot standby / archive recovery that
+    /// allows read-only connections (so this alone does not mean recovery is over).
+    Ready,
+    Stopping,
+    Other,
+}
+
+impl PmStatus {
+    pub fn parse(line: &str) -> PmStatus {
+        match line.trim() {
+            "starting" => PmStatus::Starting,
+            "standby" => PmStatus::Standby,
+            "ready" => PmStatus::Ready,
+            "stopping" => PmStatus::Stopping,
+            _ => PmStatus::Other,
+        }
+    }
+
+    /// Whether a connection attempt can succeed without the server logging a refusal.
+    pub fn accepts_connections(self) -> bool {
+        self == PmStatus::Ready
     }
 }
 
@@ -439,6 +556,15 @@ mod tests {
         assert!(!waldump_has(t, WalMark::RestorePoint("before")));
     }
 
+    #[test]
+
+    fn pm_status_line() {
+        assert_eq!(PmStatus::parse("ready   "), PmStatus::Ready);
+        assert_eq!(PmStatus::parse("standby "), PmStatus::Standby);
+        assert_eq!(PmStatus::parse("starting"), PmStatus::Starting);
+        assert!(!PmStatus::parse("starting").accepts_connections());
+        assert!(!PmStatus::parse("standby ").accepts_connections());
+    }
     #[test]
     fn parses_waldump() {
         let t = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000028, prev 0/02000110, desc: COMMIT 2026-11-22 09:52:48.123456 UTC\n\

@@ -67,10 +67,7 @@ impl std::fmt::Display for RestoreReport {
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "?".into()),
             self.stopped_at_time
-                .map(|t| format!(
-                    ", last transaction at {}",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ))
+                .map(|t| format!(", last transaction at {}", pgpitr_time::human(t)))
                 .unwrap_or_default()
         )?;
         writeln!(f, "  new timeline {}", self.timeline)?;
@@ -191,18 +188,26 @@ pub fn execute(
         port: opts.port,
         user: cfg.postgres.user.clone(),
     };
-    let (lsn, xact_time) = follow_replay(&ctl, &ep, plan, &log_file, opts.progress)?;
+    let replayed = follow_replay(&ctl, &ep, plan, &log_file, opts.progress)?;
+    let (lsn, xact_time) = (replayed.lsn, replayed.time);
     timer.lap("replay and promote");
 
-    let mut client = ep.wait_connect("postgres", Duration::from_secs(30))?;
-    let tli_hex: String = client
-        .query_one(
-            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-            &[],
-        )
-        .map_err(pgpitr_pg::PgError::from)?
-        .get(0);
-    let timeline = u32::from_str_radix(&tli_hex, 16).unwrap_or(0);
+    let timeline = match replayed.client {
+        Some(mut client) => {
+            let tli_hex: String = client
+                .query_one(
+                    "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                    &[],
+                )
+                .map_err(pgpitr_pg::PgError::from)?
+                .get(0);
+            u32::from_str_radix(&tli_hex, 16).unwrap_or(0)
+        }
+        None => {
+            let log = fs::read_to_string(&log_file).unwrap_or_default();
+            crate::serverlog::new_timeline(&log).unwrap_or(0)
+        }
+    };
     let log = fs::read_to_string(&log_file).unwrap_or_default();
     let stop_reason = log.lines().find_map(|l| {
         l.find("recovery stopping")
@@ -296,15 +301,26 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
     Ok(())
 }
 
+/// How replay ended, and a connection to the promoted server when pgpitr can get one.
+struct Replayed {
+    lsn: Option<Lsn>,
+    time: Option<DateTime<Utc>>,
+    client: Option<pgpitr_pg::Client>,
+}
+
 /// Polls the server until it has promoted; shows progress; reports a failed recovery with
-/// PostgreSQL's own FATAL lines.
+/// PostgreSQL's own FATAL lines. The postmaster's state comes from postmaster.pid, so pgpitr
+/// connects only once the server accepts connections (no `FATAL: the database system is
+/// starting up` in its log); a server that refuses pgpitr (peer authentication as root) is
+/// followed through postmaster.pid and its log, and its recovery still counts as a success.
 fn follow_replay(
     ctl: &PgCtl<'_>,
     ep: &Endpoint,
     plan: &Plan,
     log_file: &Path,
     progress: bool,
-) -> Result<(Option<Lsn>, Option<DateTime<Utc>>)> {
+) -> Result<Replayed> {
+    use pgpitr_pg::PmStatus;
     let start = plan.backup.start_lsn.0;
     let end = plan
         .window_end_lsn
@@ -313,7 +329,8 @@ fn follow_replay(
         .max(start + 1);
     let began = Instant::now();
     let mut last_line = String::new();
-    let mut ready_since: Option<Instant> = None;
+    // Set once the running server refused us: no more attempts (each one is a FATAL line).
+    let mut refused = false;
     loop {
         std::thread::sleep(Duration::from_millis(300));
         if !ctl.is_running() {
@@ -334,25 +351,42 @@ fn follow_replay(
                 log_file.display()
             )));
         }
-        let conn = ep.connect("postgres");
-        if let Err(e) = &conn {
-            // The server says it accepts connections but we cannot get in (authentication,
-            // socket folder): say so instead of waiting for ever.
-            let log = fs::read_to_string(log_file).unwrap_or_default();
-            if log.contains("ready to accept") {
-                let since = *ready_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(60) {
-                    return Err(RestoreError::Recovery(format!(
-                        "PostgreSQL accepts connections but pgpitr cannot connect: {e}. The restored server is running in {}; check its pg_hba.conf allows postgres.user over the socket, then stop it with pg_ctl",
-                        ctl.data_dir.display()
-                    )));
+        let status = ctl.pm_status();
+        // Without a connection, pg_control tells when recovery is over.
+        let promoted =
+            refused && status.is_some_and(PmStatus::accepts_connections) && ctl.in_production();
+        let mut conn = None;
+        if status.is_some_and(|s| s.accepts_connections()) && !refused {
+            match ep.connect("postgres") {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    refused = true;
+                    tracing::warn!(
+                        "following recovery through postmaster.pid and the server log: {e}"
+                    );
                 }
             }
         }
-        let Ok(mut c) = conn else {
+        let Some(mut c) = conn else {
+            if promoted {
+                if progress {
+                    eprintln!();
+                }
+                let log = fs::read_to_string(log_file).unwrap_or_default();
+                return Ok(Replayed {
+                    lsn: crate::serverlog::redo_done(&log),
+                    time: crate::serverlog::last_xact_time(&log),
+                    client: None,
+                });
+            }
             if progress {
                 let l = format!(
-                    "\r  replaying WAL up to a consistent state ... {:.0} s",
+                    "\r  replaying WAL{} ... {:.0} s",
+                    if refused {
+                        ""
+                    } else {
+                        " up to a consistent state"
+                    },
                     began.elapsed().as_secs_f64()
                 );
                 eprint!("{l}");
@@ -380,7 +414,7 @@ fn follow_replay(
             let line = format!(
                 "\r  replayed to {} ({pct:.0}%){}   ",
                 lsn.map(|l| l.to_string()).unwrap_or_default(),
-                t.map(|t| format!(", transactions up to {}", t.format("%Y-%m-%d %H:%M:%S")))
+                t.map(|t| format!(", transactions up to {}", pgpitr_time::human(t)))
                     .unwrap_or_default()
             );
             if line != last_line {
@@ -392,7 +426,11 @@ fn follow_replay(
             if progress {
                 eprintln!();
             }
-            return Ok((lsn, t));
+            return Ok(Replayed {
+                lsn,
+                time: t,
+                client: Some(c),
+            });
         }
     }
 }

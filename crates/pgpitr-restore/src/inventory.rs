@@ -34,6 +34,13 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn load(cfg: &Config, decoder: &Decoder) -> Result<Inventory> {
+        // A missing archive is a wrong path or a lost disk, never "0 objects".
+        if !cfg.archive.dir.is_dir() {
+            return Err(RestoreError::Refused(format!(
+                "archive folder {} does not exist: check archive.dir in the config and that its file system is mounted (a new instance creates it with install -d -o postgres -m 0750, see docs/runbook.md)",
+                cfg.archive.dir.display()
+            )));
+        }
         let store = Store::new(&cfg.archive.dir);
         let meta = store.meta()?;
         let objects = store.list()?;
@@ -362,8 +369,9 @@ pub struct Status {
     pub window: Option<Window>,
 }
 
+/// Times for people: pgpitr-time's one format (local time with offset, microseconds).
 pub fn fmt_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    pgpitr_time::human(t)
 }
 
 /// Human-readable byte count.

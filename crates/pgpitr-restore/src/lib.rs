@@ -5,6 +5,8 @@
 pub mod execute;
 pub mod inventory;
 pub mod plan;
+pub mod preflight;
+pub mod serverlog;
 pub mod target;
 pub mod window_cache;
 

@@ -213,7 +213,10 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
     warnings.extend(inv.history.warnings.iter().cloned());
     match &req.target {
         Target::Time(t) => {
-            if *t < chosen.stop_time {
+            // Compared to the microsecond (PostgreSQL's precision, and what pgpitr prints), so
+            // a printed window start or end pasted back as --to is inside the window.
+            let t = &pgpitr_time::trunc_micros(*t);
+            if *t < pgpitr_time::trunc_micros(chosen.stop_time) {
                 return Err(RestoreError::Refused(format!(
                     "target {} is before the end of backup {} ({}): {}",
                     fmt_time(*t),
@@ -222,9 +225,9 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
                     window_text(&fmt_time(window_end))
                 )));
             }
-            if *t >= window_end {
+            if *t > pgpitr_time::trunc_micros(window_end) {
                 return Err(refuse_after(format!(
-                    "target {} is not before the newest archived transaction ({})",
+                    "target {} is after the newest archived transaction ({})",
                     fmt_time(*t),
                     fmt_time(window_end)
                 )));
@@ -324,7 +327,7 @@ pub fn choose<'a>(
         Target::Time(t) => candidates
             .iter()
             .rev()
-            .find(|b| b.stop_time <= *t)
+            .find(|b| pgpitr_time::trunc_micros(b.stop_time) <= pgpitr_time::trunc_micros(*t))
             .copied()
             .ok_or_else(|| {
                 format!(

@@ -1,6 +1,6 @@
 //! Restore targets as `--to` accepts them.
 
-use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use pgpitr_wal::Lsn;
 use serde::Serialize;
 use std::fmt;
@@ -16,17 +16,40 @@ pub enum Target {
     Latest,
 }
 
-const FORMS: &str = "use an RFC 3339 time (2026-11-22T15:46:59+01:00), a relative time (\"30 minutes ago\"), xid:N, name:LABEL, lsn:X/Y, immediate or latest";
+const FORMS: &str = "xid:N, name:LABEL, lsn:X/Y, immediate or latest";
 
 /// Parses `--to`; relative times are resolved against `now`.
 pub fn parse_target(s: &str, now: DateTime<Utc>) -> Result<Target, String> {
+    parse_target_noted(s, now).map(|(t, _)| t)
+}
+
+/// Same, with the assumption made for a time without a zone (read as local time), which the
+/// plan states.
+pub fn parse_target_noted(s: &str, now: DateTime<Utc>) -> Result<(Target, Option<String>), String> {
     let t = s.trim();
-    let bad = |why: &str| format!("cannot parse target {s:?}: {why}; {FORMS}");
-    match t {
-        "immediate" => return Ok(Target::Immediate),
-        "latest" => return Ok(Target::Latest),
-        _ => {}
-    }
+    let bad = |why: &str| {
+        format!(
+            "cannot parse target {s:?}: {why}; use a time ({}), {FORMS}",
+            pgpitr_time::FORMS
+        )
+    };
+    let plain = |r: Result<Target, String>| r.map(|t| (t, None));
+    plain(match t {
+        "immediate" => Ok(Target::Immediate),
+        "latest" => Ok(Target::Latest),
+        _ if t.starts_with("xid:") || t.starts_with("name:") || t.starts_with("lsn:") => {
+            parse_labelled(t).map_err(|why| bad(&why))
+        }
+        _ => {
+            return pgpitr_time::parse(t, now)
+                .map(|p| (Target::Time(p.time), p.assumption))
+                .map_err(|why| bad(&why))
+        }
+    })
+}
+
+fn parse_labelled(t: &str) -> Result<Target, String> {
+    let bad = |why: &str| why.to_string();
     if let Some(x) = t.strip_prefix("xid:") {
         return x
             .trim()
@@ -41,38 +64,7 @@ pub fn parse_target(s: &str, now: DateTime<Utc>) -> Result<Target, String> {
         return Ok(Target::Name(n.to_string()));
     }
     if let Some(l) = t.strip_prefix("lsn:") {
-        return l.parse().map(Target::Lsn).map_err(|e| bad(&e));
-    }
-    if let Some(rel) = t.strip_suffix(" ago") {
-        let mut it = rel.split_whitespace();
-        let (Some(n), Some(unit), None) = (it.next(), it.next(), it.next()) else {
-            return Err(bad("expected \"N unit ago\""));
-        };
-        let n: i64 = n
-            .parse()
-            .map_err(|_| bad("the amount must be a whole number"))?;
-        let unit = unit.trim_end_matches('s');
-        let d = match unit {
-            "second" | "sec" => Duration::seconds(n),
-            "minute" | "min" => Duration::minutes(n),
-            "hour" | "hr" => Duration::hours(n),
-            "day" => Duration::days(n),
-            "week" => Duration::weeks(n),
-            _ => return Err(bad("unit must be seconds, minutes, hours, days or weeks")),
-        };
-        return Ok(Target::Time(now - d));
-    }
-    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(Target::Time(dt.with_timezone(&Utc)));
-    }
-    // Same with a space instead of `T` (as psql prints), offset still required.
-    if let Ok(dt) = DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%:z") {
-        return Ok(Target::Time(dt.with_timezone(&Utc)));
-    }
-    if NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").is_ok()
-        || NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").is_ok()
-    {
-        return Err(bad("a time needs its offset (add Z for UTC, or +01:00)"));
+        return l.parse().map(Target::Lsn).map_err(|e: String| bad(&e));
     }
     Err(bad("not a known form"))
 }
@@ -80,11 +72,7 @@ pub fn parse_target(s: &str, now: DateTime<Utc>) -> Result<Target, String> {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Time(t) => write!(
-                f,
-                "time {}",
-                t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-            ),
+            Target::Time(t) => write!(f, "time {}", pgpitr_time::human(*t)),
             Target::Xid(x) => write!(f, "xid {x}"),
             Target::Name(n) => write!(f, "restore point {n:?}"),
             Target::Lsn(l) => write!(f, "lsn {l}"),
@@ -144,7 +132,7 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{Duration, TimeZone};
 
     #[test]
     fn all_forms() {
@@ -175,17 +163,27 @@ mod tests {
         );
         assert_eq!(parse_target("immediate", now).unwrap(), Target::Immediate);
         assert_eq!(parse_target("latest", now).unwrap(), Target::Latest);
-        for bad in [
-            "yesterday",
-            "xid:abc",
-            "lsn:12",
-            "2026-11-22 15:46:59",
-            "3 fortnights ago",
-            "",
-        ] {
+        for bad in ["yesterday", "xid:abc", "lsn:12", "3 fortnights ago", ""] {
             let e = parse_target(bad, now).unwrap_err();
-            assert!(e.contains("RFC 3339"), "{bad}: {e}");
+            assert!(e.contains("RFC 3339") && e.contains("xid:N"), "{bad}: {e}");
         }
+        // psql's, a log line's and a short offset's forms; a zone-less time is local and noted.
+        let want = Utc.with_ymd_and_hms(2026, 11, 22, 13, 28, 28).unwrap()
+            + Duration::microseconds(408440);
+        for s in [
+            "2026-11-22 13:28:28.40844+00",
+            "2026-11-22 13:28:28.40844 UTC",
+            "2026-11-22 14:28:28.40844+01",
+        ] {
+            assert_eq!(
+                parse_target_noted(s, now).unwrap(),
+                (Target::Time(want), None),
+                "{s}"
+            );
+        }
+        let (t, note) = parse_target_noted("2026-11-22 15:46:59", now).unwrap();
+        assert!(matches!(t, Target::Time(_)));
+        assert!(note.unwrap().contains("local time"));
     }
 
     #[test]

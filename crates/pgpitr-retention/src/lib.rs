@@ -311,7 +311,7 @@ fn record_metrics(dir: &Path, instance: &str, p: &PrunePlan) -> pgpitr_metrics::
 impl std::fmt::Display for PrunePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let w = |x: &Option<(DateTime<Utc>, DateTime<Utc>)>| match x {
-            Some((a, b)) => format!("{} to {}", a.to_rfc3339(), b.to_rfc3339()),
+            Some((a, b)) => format!("{} to {}", pgpitr_time::human(*a), pgpitr_time::human(*b)),
             None => "none".into(),
         };
         for w in &self.warnings {
@@ -334,8 +334,8 @@ impl std::fmt::Display for PrunePlan {
                 "keep incomplete backup folder {b} (no backup.json, inside the grace period)"
             )?;
         }
-        for o in &self.delete_objects {
-            writeln!(f, "delete {o}")?;
+        for r in ranges(&self.delete_objects) {
+            writeln!(f, "delete {r}")?;
         }
         writeln!(
             f,
@@ -345,5 +345,70 @@ impl std::fmt::Display for PrunePlan {
         )?;
         writeln!(f, "restorable window before: {}", w(&self.window_before))?;
         write!(f, "restorable window after:  {}", w(&self.window_after))
+    }
+}
+
+/// Object names summarised as runs of consecutive segments on one timeline
+/// (`000000010000000000000003 .. 000000010000000000000107 (261 segments)`); other names
+/// (history files, partial segments) one per entry. A real server prunes thousands.
+pub fn ranges(names: &[String]) -> Vec<String> {
+    use pgpitr_wal::WalName;
+    let mut segs: Vec<(u32, u32, u32, &str)> = Vec::new();
+    let mut out = Vec::new();
+    for n in names {
+        match WalName::parse(n) {
+            Some(WalName::Segment { tli, log, seg }) => segs.push((tli, log, seg, n)),
+            _ => out.push(n.clone()),
+        }
+    }
+    segs.sort();
+    let mut i = 0;
+    while i < segs.len() {
+        let mut j = i;
+        while j + 1 < segs.len() {
+            let (t, l, s, _) = segs[j];
+            let (t2, l2, s2, _) = segs[j + 1];
+            let next = t2 == t && ((l2 == l && s2 == s + 1) || (l2 == l + 1 && s2 == 0));
+            if !next {
+                break;
+            }
+            j += 1;
+        }
+        out.push(if i == j {
+            segs[i].3.to_string()
+        } else {
+            format!("{} .. {} ({} segments)", segs[i].3, segs[j].3, j - i + 1)
+        });
+        i = j + 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod range_tests {
+    #[test]
+    fn consecutive_segments_become_one_line() {
+        let names: Vec<String> = [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "0000000100000000000000FF",
+            "000000010000000100000000",
+            "000000010000000100000001",
+            "00000002.history",
+            "000000020000000100000005",
+            "000000010000000000000005",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            super::ranges(&names),
+            vec![
+                "00000002.history",
+                "000000010000000000000003 .. 000000010000000000000005 (3 segments)",
+                "0000000100000000000000FF .. 000000010000000100000001 (3 segments)",
+                "000000020000000100000005",
+            ]
+        );
     }
 }

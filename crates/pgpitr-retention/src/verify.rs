@@ -261,7 +261,7 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
 }
 
 fn fmt(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    pgpitr_time::human(t)
 }
 
 /// `pgpitr_verify_*` metrics.

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use pgpitr_cli::{run_main, sd_notify, ConfigArgs};
 use pgpitr_pg::Bins;
-use pgpitr_restore::{execute, parse_target, plan, ExecuteOptions, Inventory, PlanRequest};
+use pgpitr_restore::{execute, plan, ExecuteOptions, Inventory, PlanRequest};
 use pgpitr_wal::codec::Decoder;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ struct Cli {
 enum Cmd {
     /// Backups, archived WAL and the restorable window.
     Status {
+        /// Print the status as JSON on stdout.
         #[arg(long)]
         json: bool,
         /// List what the offsite restic repository holds instead.
@@ -32,7 +33,9 @@ enum Cmd {
     },
     /// Restore a cluster to a point in time into an empty folder and start it there.
     Restore {
-        /// RFC 3339 time, "N minutes ago", xid:N, name:LABEL, lsn:X/Y, immediate or latest.
+        /// A time (RFC 3339; PostgreSQL's forms such as "2026-11-22 13:28:28.40844+00",
+        /// "... UTC", "... Europe/Berlin"; a zone-less time is local time; "30 minutes ago"),
+        /// xid:N, name:LABEL, lsn:X/Y, immediate or latest. Any time pgpitr prints is accepted.
         #[arg(long, required_unless_present = "before_incident")]
         to: Option<String>,
         /// Restore to just before the top-ranked incident `pgpitr incidents` finds (asks
@@ -71,6 +74,7 @@ enum Cmd {
         /// Where `--from offsite` puts what it fetches (default: beside --into).
         #[arg(long)]
         staging: Option<PathBuf>,
+        /// Print the report (or with --dry-run the plan and its checks) as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +107,7 @@ enum Cmd {
         /// Check names and sizes only (no decoding).
         #[arg(long)]
         quick: bool,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -151,8 +156,10 @@ enum ConfigCmd {
 enum ZfsCmd {
     /// Create missing datasets with tuned properties; report drift (exit 1), fix it with --fix.
     Ensure {
+        /// Set drifted properties to the configured values (without it, only report).
         #[arg(long)]
         fix: bool,
+        /// Print the datasets and their properties as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -171,7 +178,7 @@ fn tools_dir(configured: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
 
 /// A `--since`/`--until`/`--around` time: the forms `--to` accepts for times.
 fn time_arg(flag: &str, s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    match parse_target(s, chrono::Utc::now()).map_err(anyhow::Error::msg)? {
+    match pgpitr_restore::parse_target(s, chrono::Utc::now()).map_err(anyhow::Error::msg)? {
         pgpitr_restore::Target::Time(t) => Ok(t),
         other => anyhow::bail!("{flag} needs a time (RFC 3339 or \"N minutes ago\"), not {other}"),
     }
@@ -245,6 +252,7 @@ fn main() -> ExitCode {
             }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+                pgpitr_cli::json_printed();
             } else {
                 println!("{report}");
             }
@@ -264,6 +272,7 @@ fn main() -> ExitCode {
             let drift: usize = states.iter().map(|s| s.drift().len()).sum();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&states)?);
+                pgpitr_cli::json_printed();
             } else {
                 for s in &states {
                     let created = if s.created { ": created" } else { "" };
@@ -346,14 +355,15 @@ fn main() -> ExitCode {
         } => {
             let t0 = Instant::now();
             let mut cfg = cli.config.load()?;
-            let (target, exclusive) = match to {
+            let (target, exclusive, zone_note) = match to {
                 Some(to) => {
-                    let target =
-                        parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+                    let (target, zone_note) =
+                        pgpitr_restore::target::parse_target_noted(to, chrono::Utc::now())
+                            .map_err(anyhow::Error::msg)?;
                     if *exclusive {
                         target.check_exclusive().map_err(anyhow::Error::msg)?;
                     }
-                    (target, *exclusive)
+                    (target, *exclusive, zone_note)
                 }
                 None => {
                     let opts = pgpitr_incidents::ScanOptions {
@@ -383,7 +393,7 @@ fn main() -> ExitCode {
                         chosen.rank,
                         chosen.summary()
                     );
-                    (pgpitr_restore::Target::Xid(chosen.xid.into()), true)
+                    (pgpitr_restore::Target::Xid(chosen.xid.into()), true, None)
                 }
             };
             let mut config_path = cli.config.path()?;
@@ -419,7 +429,7 @@ fn main() -> ExitCode {
             // Held until the restore is done: walprune must not prune what the plan checked.
             let _lock = pgpitr_restore::plan::lock(&cfg)?;
             let inv = Inventory::load(&cfg, &decoder)?;
-            let p = plan(
+            let mut p = plan(
                 &inv,
                 &bins,
                 &decoder,
@@ -430,15 +440,41 @@ fn main() -> ExitCode {
                     exclusive,
                 },
             )?;
+            p.warnings.extend(zone_note);
+            let checks = pgpitr_restore::preflight::check(
+                &cfg,
+                &pgpitr_restore::preflight::PreflightRequest {
+                    into,
+                    port: *port,
+                    config_path: &config_path,
+                    tools_dir: &tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    raw_bytes: p.backup.raw_bytes(),
+                },
+            );
+            let refused = pgpitr_restore::preflight::failures(&checks);
             let plan_secs = t0.elapsed().as_secs_f64();
             if *dry_run {
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&p)?);
+                    let mut doc = serde_json::to_value(&p)?;
+                    doc["checks"] = serde_json::to_value(&checks)?;
+                    doc["ok"] = refused.is_none().into();
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    pgpitr_cli::json_printed();
                 } else {
                     print!("{p}");
+                    for c in &checks {
+                        let mark = if c.ok { "ok" } else { "FAILED" };
+                        println!("check:    {:<8} {}", mark, c.detail);
+                    }
                     println!("dry run: nothing was changed");
                 }
+                if let Some(why) = refused {
+                    anyhow::bail!("the restore would fail: {why}");
+                }
                 return Ok(());
+            }
+            if let Some(why) = refused {
+                anyhow::bail!("refused before touching anything: {why}");
             }
             if !*json {
                 eprint!("{p}");

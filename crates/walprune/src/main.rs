@@ -14,6 +14,7 @@ struct Cli {
     /// Print exactly what would go, and the restorable window before and after.
     #[arg(long)]
     dry_run: bool,
+    /// Print the plan (or what was deleted) as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
