@@ -186,6 +186,9 @@ while read -r f; do
   (cd "$work/push-all" && as_pg "$work/bin/archive-wal" --config "$work/la.toml" "pg_wal/$f" "$f")
   mv "$work/push-all/pg_wal/archive_status/$f.ready" "$work/push-all/pg_wal/archive_status/$f.done"
 done < "$work/all"
+# Both restore-wal variants read that archive.
+sed -i "s|arch-one|arch-la|" "$work/one.toml"
+declare -A redo
 replay_run() { # VARIANT -> secs
   local v=$1 r="$work/replay-$1" t0 t1 rc
   rm -rf "$r"; cp -a "$work/base" "$r"
@@ -208,12 +211,12 @@ replay_run() { # VARIANT -> secs
   as_pg "$BIN/pg_ctl" stop -D "$r" -m immediate >/dev/null
   grep -q "redo done" "$work/replay-$v.log" || { echo "replay $v did not finish:" >&2; tail -20 "$work/replay-$v.log" >&2; exit 1; }
   rm -rf "$r"
-  echo "$t1 - $t0" | bc
+  echo "$(echo "$t1 - $t0" | bc) $(grep -o 'redo done at [0-9A-F/]*' "$work/replay-$v.log" | cut -d' ' -f4)"
 }
 echo "(c) replay of $nall segments ..." >&2
 for round in $(seq 1 "$REPLAY_ROUNDS"); do
   for v in $(rotate "$round" "local one la"); do
-    s=$(replay_run "$v"); keep "c-$v" "$s" 0
+    read -r s l < <(replay_run "$v"); keep "c-$v" "$s" 0; redo[$v]=$l
   done
 done
 
@@ -274,7 +277,7 @@ if [[ $PARTS == *c* ]]; then
 printf '\n(c) replay of %s segments (%s MiB) from a base backup\n%-36s %8s %10s\n' "$nall" "$(( nall * 16 ))" source seconds "vs local"
 for v in local one la; do
   case $v in local) l="WAL already in pg_wal";; one) l="restore-wal";; la) l="restore-wal prefetch=8";; esac
-  printf '%-36s %8.2f %9.2fx\n' "$l" "${best[c-$v]}" "$(echo "${best[c-$v]} / ${best[c-local]}" | bc -l)"
+  printf '%-36s %8.2f %9.2fx  redo done at %s\n' "$l" "${best[c-$v]}" "$(echo "${best[c-$v]} / ${best[c-local]}" | bc -l)" "${redo[$v]}"
 done
 fi
 if [[ $PARTS == *d* ]]; then
