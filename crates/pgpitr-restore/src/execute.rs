@@ -29,6 +29,9 @@ pub struct ExecuteOptions {
     pub archive: bool,
     /// Draw a progress line on stderr.
     pub progress: bool,
+    /// Stop at the target without promoting (`recovery_target_action = 'pause'`): the
+    /// server stays read-only until `pgpitr restore --promote --into DIR`.
+    pub pause: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +55,10 @@ pub struct RestoreReport {
     pub steps: Vec<Step>,
     pub log_file: PathBuf,
     pub stop_command: String,
+    /// False when the restore paused at the target (`--pause`): read-only until promoted.
+    pub promoted: bool,
+    /// Recovery settings that came inside the backup and were commented out before start.
+    pub neutralised: Vec<String>,
 }
 
 impl std::fmt::Display for RestoreReport {
@@ -73,13 +80,31 @@ impl std::fmt::Display for RestoreReport {
                 ))
                 .unwrap_or_default()
         )?;
-        writeln!(f, "  new timeline {}", self.timeline)?;
+        for n in &self.neutralised {
+            writeln!(f, "  neutralised (came inside the backup): {n}")?;
+        }
+        if self.promoted {
+            writeln!(f, "  new timeline {}", self.timeline)?;
+        } else {
+            writeln!(
+                f,
+                "  PAUSED at the target on timeline {}, read-only: look, then finish with `pgpitr restore --promote --into {}` (or move the target later with `pgpitr restore --retarget --to LATER --into {}`)",
+                self.timeline,
+                self.data_dir.display(),
+                self.data_dir.display()
+            )?;
+        }
         for s in &self.steps {
             writeln!(f, "  {:<28} {:>8.2} s", s.step, s.seconds)?;
         }
         writeln!(
             f,
-            "the restored server is running: {} port {} (psql -h {} -p {})",
+            "the restored server is running{}: {} port {} (psql -h {} -p {})",
+            if self.promoted {
+                ""
+            } else {
+                " (paused, read-only)"
+            },
             self.data_dir.display(),
             self.port,
             self.socket_dir.display(),
@@ -132,6 +157,11 @@ pub fn execute(
     say: &mut dyn FnMut(&str),
 ) -> Result<RestoreReport> {
     check_target_dir(&opts.into)?;
+    if opts.pause && matches!(plan.target, crate::target::Target::Latest) {
+        return Err(RestoreError::Refused(
+            "--pause needs a target to stop at; `latest` replays all WAL and promotes (nothing was changed)".into(),
+        ));
+    }
     let socket = cfg
         .postgres
         .socket_dir
@@ -169,13 +199,29 @@ pub fn execute(
     pgpitr_backup::extract(&plan.backup, &cfg.backup.dir, decoder, &opts.into)?;
     timer.lap("extract backup");
 
+    // A restore log that travelled inside the backup (older pgpitr kept it in the data
+    // folder) describes another restore: it goes.
+    let _ = fs::remove_file(opts.into.join(LEGACY_LOG));
+    let stamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let neutralised = crate::recovery_conf::neutralise_inherited(&opts.into, &stamp)?;
+    for n in &neutralised {
+        say(&format!(
+            "neutralised a recovery setting that came inside the backup: {n}"
+        ));
+    }
     write_recovery_config(cfg, plan, opts)?;
     if let Some(a) = &account {
         a.chown_tree(&opts.into)?;
     }
     timer.lap("configure recovery");
 
-    let log_file = opts.into.join("pgpitr-restore.log");
+    // The log lives beside the data folder, never inside it (it would travel inside every
+    // later base backup of this server).
+    let log_file = log_path(&opts.into);
+    fs::write(&log_file, "").map_err(io_err(format!("create {}", log_file.display())))?;
+    if let Some(a) = &account {
+        a.chown_tree(&log_file)?;
+    }
     let ctl = PgCtl {
         bins,
         account: account.as_ref(),
@@ -191,18 +237,22 @@ pub fn execute(
         port: opts.port,
         user: cfg.postgres.user.clone(),
     };
-    let (lsn, xact_time) = follow_replay(&ctl, &ep, plan, &log_file, opts.progress)?;
-    timer.lap("replay and promote");
+    let (lsn, xact_time) = follow_replay(&ctl, &ep, plan, &log_file, opts.progress, opts.pause)?;
+    timer.lap(if opts.pause {
+        "replay to the target (paused)"
+    } else {
+        "replay and promote"
+    });
 
     let mut client = ep.wait_connect("postgres", Duration::from_secs(30))?;
-    let tli_hex: String = client
-        .query_one(
-            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-            &[],
-        )
-        .map_err(pgpitr_pg::PgError::from)?
-        .get(0);
-    let timeline = u32::from_str_radix(&tli_hex, 16).unwrap_or(0);
+    let timeline = if opts.pause {
+        plan.timeline
+    } else {
+        // What this restore wrote for recovery must not stay in the promoted server's
+        // configuration (nor travel inside its later backups).
+        crate::recovery_conf::reset_after_promotion(&mut client)?;
+        current_timeline(&mut client)?
+    };
     let log = fs::read_to_string(&log_file).unwrap_or_default();
     let stop_reason = log.lines().find_map(|l| {
         l.find("recovery stopping")
@@ -221,7 +271,34 @@ pub fn execute(
         steps: timer.steps,
         log_file,
         stop_command: ctl.stop_hint(),
+        promoted: !opts.pause,
+        neutralised,
     })
+}
+
+/// Name of the restore log older versions kept inside the data folder.
+pub const LEGACY_LOG: &str = "pgpitr-restore.log";
+
+/// Where a restore into `data_dir` logs: `<data_dir>.pgpitr-restore.log`, beside it.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    data_dir.with_file_name(format!("{name}.pgpitr-restore.log"))
+}
+
+/// The timeline a promoted server writes on.
+pub fn current_timeline(client: &mut pgpitr_pg::Client) -> Result<u32> {
+    let tli_hex: String = client
+        .query_one(
+            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .map_err(pgpitr_pg::PgError::from)?
+        .get(0);
+    u32::from_str_radix(&tli_hex, 16)
+        .map_err(|_| RestoreError::Recovery(format!("cannot read the timeline from {tli_hex:?}")))
 }
 
 fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Result<()> {
@@ -241,7 +318,10 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
         ),
         format!("restore_command = {}", conf_quote(&restore_cmd)),
         format!("recovery_target_timeline = '{}'", plan.timeline),
-        "recovery_target_action = 'promote'".into(),
+        format!(
+            "recovery_target_action = '{}'",
+            if opts.pause { "pause" } else { "promote" }
+        ),
         format!("port = {}", opts.port),
         format!(
             "unix_socket_directories = {}",
@@ -298,12 +378,13 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
 
 /// Polls the server until it has promoted; shows progress; reports a failed recovery with
 /// PostgreSQL's own FATAL lines.
-fn follow_replay(
+pub(crate) fn follow_replay(
     ctl: &PgCtl<'_>,
     ep: &Endpoint,
     plan: &Plan,
     log_file: &Path,
     progress: bool,
+    pause: bool,
 ) -> Result<(Option<Lsn>, Option<DateTime<Utc>>)> {
     let start = plan.backup.start_lsn.0;
     let end = plan
@@ -360,7 +441,8 @@ fn follow_replay(
             continue;
         };
         let row = match c.query_one(
-            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()",
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), \
+             CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() = 'paused' ELSE false END",
             &[],
         ) {
             Ok(r) => r,
@@ -388,7 +470,8 @@ fn follow_replay(
                 last_line = line;
             }
         }
-        if !in_recovery {
+        let paused: bool = row.get(3);
+        if !in_recovery || (pause && paused) {
             if progress {
                 eprintln!();
             }

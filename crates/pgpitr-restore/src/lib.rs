@@ -3,8 +3,11 @@
 //! the execution (extract, configure recovery, start, replay, promote, report).
 
 pub mod execute;
+pub mod inplace;
 pub mod inventory;
+pub mod paused;
 pub mod plan;
+pub mod recovery_conf;
 pub mod target;
 
 pub use execute::{execute, ExecuteOptions, RestoreReport};

@@ -30,17 +30,18 @@ enum Cmd {
         #[arg(long)]
         offsite: bool,
     },
-    /// Restore a cluster to a point in time into an empty folder and start it there.
+    /// Restore a cluster to a point in time into an empty folder and start it there, or
+    /// in place of the instance's data folder (--in-place).
     Restore {
         /// RFC 3339 time, "N minutes ago", xid:N, name:LABEL, lsn:X/Y, immediate or latest.
-        #[arg(long)]
-        to: String,
-        /// Empty or new folder for the restored data.
-        #[arg(long)]
-        into: PathBuf,
+        #[arg(long, required_unless_present_any = ["promote", "undo"])]
+        to: Option<String>,
+        /// Empty or new folder for the restored data (with --promote/--retarget: the paused restore).
+        #[arg(long, required_unless_present_any = ["in_place"])]
+        into: Option<PathBuf>,
         /// Port for the restored server (its socket goes to postgres.socket_dir).
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present_any = ["in_place", "promote", "retarget"])]
+        port: Option<u16>,
         /// Use this backup instead of the newest one that reaches the target.
         #[arg(long)]
         backup: Option<String>,
@@ -50,7 +51,7 @@ enum Cmd {
         /// Let the restored server archive into the instance's archive (it becomes the new primary).
         #[arg(long)]
         archive: bool,
-        /// Print the plan and change nothing.
+        /// Print the plan (with --in-place: every step) and change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Fetch the backup and WAL from the offsite restic repository (the local archive
@@ -60,6 +61,25 @@ enum Cmd {
         /// Where `--from offsite` puts what it fetches (default: beside --into).
         #[arg(long)]
         staging: Option<PathBuf>,
+        /// Restore the configured instance in place: stop it, keep a safety copy, restore
+        /// into its data folder, promote with archiving on, start it, take a base backup.
+        #[arg(long, conflicts_with_all = ["into", "port", "pause", "promote", "retarget", "from", "staging", "archive"])]
+        in_place: bool,
+        /// With --in-place: finish an interrupted in-place restore (same --to).
+        #[arg(long, requires = "in_place", conflicts_with = "undo")]
+        resume: bool,
+        /// With --in-place: go back to the safety copy (the restored folder is moved aside).
+        #[arg(long, requires = "in_place", conflicts_with_all = ["to", "dry_run"])]
+        undo: bool,
+        /// Stop at the target without promoting: read-only, so you can look first.
+        #[arg(long)]
+        pause: bool,
+        /// Promote the paused restore in --into (made with --pause).
+        #[arg(long, conflicts_with_all = ["to", "pause", "retarget", "dry_run"])]
+        promote: bool,
+        /// Move the paused restore in --into to a later --to and replay on to it (paused).
+        #[arg(long, conflicts_with_all = ["pause"])]
+        retarget: bool,
         #[arg(long)]
         json: bool,
     },
@@ -229,14 +249,49 @@ fn main() -> ExitCode {
             json,
             from,
             staging,
+            in_place,
+            resume,
+            undo,
+            pause,
+            promote,
+            retarget,
         } => {
+            let say = |s: &str| {
+                sd_notify(&format!("STATUS={s}"));
+                if !*json {
+                    eprintln!("pgpitr: {s}")
+                }
+            };
+            let print_report = |r: &dyn std::fmt::Display, v: serde_json::Value| {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    println!("{r}");
+                }
+            };
+            if *promote || *undo {
+                let cfg = cli.config.load()?;
+                let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
+                if *undo {
+                    let msg = pgpitr_restore::inplace::undo(&cfg, &bins, &mut |s| say(s))?;
+                    print_report(&msg, serde_json::json!({ "undone": msg }));
+                } else {
+                    let into = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
+                    let r = pgpitr_restore::paused::promote(&cfg, &bins, &into)?;
+                    print_report(&r, serde_json::to_value(&r)?);
+                }
+                return Ok(());
+            }
             let t0 = Instant::now();
+            let to = to.as_deref().expect("clap requires --to");
             let target = parse_target(to, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
             let mut cfg = cli.config.load()?;
             let mut config_path = cli.config.path()?;
-            pgpitr_restore::execute::check_target_dir(into)?;
+            if let (Some(into), false) = (into, *retarget) {
+                pgpitr_restore::execute::check_target_dir(into)?;
+            }
             if from == "offsite" {
-                let into_abs = std::path::absolute(into)?;
+                let into_abs = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
                 let staging = match staging {
                     Some(s) => std::path::absolute(s)?,
                     None => {
@@ -275,6 +330,75 @@ fn main() -> ExitCode {
                 },
             )?;
             let plan_secs = t0.elapsed().as_secs_f64();
+            let plan_step = pgpitr_restore::execute::Step {
+                step: "plan and check WAL chain".into(),
+                seconds: plan_secs,
+            };
+            let progress = !*json && std::io::stderr().is_terminal();
+            if *in_place {
+                use pgpitr_restore::inplace;
+                sd_notify(&format!(
+                    "READY=1\nSTATUS=restoring the instance in place: backup {} to {}",
+                    p.backup.id, p.target
+                ));
+                let opts = inplace::InPlaceOptions {
+                    config_path,
+                    tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    progress,
+                };
+                let mut report = if *resume {
+                    if *dry_run {
+                        let j =
+                            inplace::journal_path(&std::path::absolute(&cfg.postgres.data_dir)?);
+                        print!("{p}");
+                        println!("{}", inplace::interrupted_message(&cfg, &bins, &j)?);
+                        println!("dry run: nothing was changed");
+                        return Ok(());
+                    }
+                    inplace::resume(&cfg, &bins, &decoder, &p, &opts, &mut |s| say(s))?
+                } else {
+                    let prep = inplace::prepare(&cfg, &bins, &p)?;
+                    if *dry_run {
+                        if *json {
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(
+                                    &serde_json::json!({ "plan": p, "in_place": prep })
+                                )?
+                            );
+                        } else {
+                            print!("{p}{prep}");
+                            println!("dry run: nothing was changed");
+                        }
+                        return Ok(());
+                    }
+                    if !*json {
+                        eprint!("{p}{prep}");
+                    }
+                    inplace::run(&cfg, &bins, &decoder, &p, &prep, &opts, &mut |s| say(s))?
+                };
+                report.restore.steps.insert(0, plan_step);
+                print_report(&report, serde_json::to_value(&report)?);
+                return Ok(());
+            }
+            let into_abs = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
+            if *retarget {
+                if *dry_run {
+                    print!("{p}");
+                    println!("dry run: nothing was changed");
+                    return Ok(());
+                }
+                let r = pgpitr_restore::paused::retarget(
+                    &cfg,
+                    &bins,
+                    &p,
+                    &into_abs,
+                    progress,
+                    &mut |s| say(s),
+                )?;
+                print_report(&r, serde_json::to_value(&r)?);
+                return Ok(());
+            }
             if *dry_run {
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&p)?);
@@ -291,7 +415,6 @@ fn main() -> ExitCode {
                 "READY=1\nSTATUS=restoring backup {} to {}",
                 p.backup.id, p.target
             ));
-            let into_abs = std::path::absolute(into)?;
             if cfg.zfs.is_some() {
                 if let Some(snap) = pgpitr_zfs::safety_snapshot(&into_abs)? {
                     eprintln!("pgpitr: safety snapshot {snap} taken; to undo this restore: stop the restored server, then zfs rollback {snap}");
@@ -299,34 +422,20 @@ fn main() -> ExitCode {
             }
             let opts = ExecuteOptions {
                 into: into_abs,
-                port: *port,
+                port: port.expect("clap requires --port"),
                 config_path,
                 tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
                 archive: *archive,
-                progress: !*json && std::io::stderr().is_terminal(),
+                progress,
+                pause: *pause,
             };
-            let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| {
-                sd_notify(&format!("STATUS={s}"));
-                if !*json {
-                    eprintln!("pgpitr: {s}")
-                }
-            })?;
+            let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| say(s))?;
             sd_notify(&format!(
                 "STATUS=restored: server running on port {} (timeline {})",
                 report.port, report.timeline
             ));
-            report.steps.insert(
-                0,
-                pgpitr_restore::execute::Step {
-                    step: "plan and check WAL chain".into(),
-                    seconds: plan_secs,
-                },
-            );
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            report.steps.insert(0, plan_step);
+            print_report(&report, serde_json::to_value(&report)?);
             Ok(())
         }
         Cmd::Config(ConfigCmd::Check) => {
