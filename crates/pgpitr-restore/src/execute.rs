@@ -232,6 +232,7 @@ pub fn execute(
         opts.port
     ));
     ctl.start(&log_file, "", false)?;
+    crate::inplace::test_hold("replay");
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
         port: opts.port,

@@ -88,6 +88,9 @@ pub struct Journal {
     pub data_dir: PathBuf,
     pub backup_id: String,
     pub target: String,
+    /// The timeline the restore follows (a resume follows the same one).
+    #[serde(default)]
+    pub timeline: u32,
     pub service: Service,
     pub safety_copy: SafetyCopy,
     /// The step under way: stop, safety-copy, restore, restart, base-backup.
@@ -440,6 +443,7 @@ pub fn prepare(cfg: &Config, bins: &Bins, plan: &Plan) -> Result<InPlacePlan> {
         data_dir: data_dir.clone(),
         backup_id: plan.backup.id.clone(),
         target: plan.target.to_string(),
+        timeline: plan.timeline,
         service: service.clone(),
         safety_copy: safety_copy.clone(),
         step: "plan".into(),
@@ -459,6 +463,34 @@ pub fn prepare(cfg: &Config, bins: &Bins, plan: &Plan) -> Result<InPlacePlan> {
         journal,
         steps,
     })
+}
+
+/// Refuses (before any planning) while an interrupted in-place restore's journal exists.
+pub fn refuse_if_interrupted(cfg: &Config, bins: &Bins) -> Result<()> {
+    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
+        "resolve {}",
+        cfg.postgres.data_dir.display()
+    )))?;
+    let journal = journal_path(&data_dir);
+    if journal.exists() {
+        return Err(RestoreError::Refused(interrupted_message(
+            cfg, bins, &journal,
+        )?));
+    }
+    Ok(())
+}
+
+/// The journal of the interrupted in-place restore of the instance, if any.
+pub fn interrupted(cfg: &Config) -> Result<Option<Journal>> {
+    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
+        "resolve {}",
+        cfg.postgres.data_dir.display()
+    )))?;
+    let journal = journal_path(&data_dir);
+    if !journal.exists() {
+        return Ok(None);
+    }
+    read_journal(&journal).map(Some)
 }
 
 /// The refusal an interrupted in-place restore leaves for the next run.
@@ -570,6 +602,7 @@ pub fn run(
         data_dir: data_dir.clone(),
         backup_id: plan.backup.id.clone(),
         target: plan.target.to_string(),
+        timeline: plan.timeline,
         service: prep.service.clone(),
         safety_copy: prep.safety_copy.clone(),
         step: "stop".into(),
@@ -665,12 +698,6 @@ fn resume_after_copy(
     say: &mut dyn FnMut(&str),
 ) -> Result<InPlaceReport> {
     let data_dir = &prep.data_dir;
-    let account = Account::for_server(&cfg.postgres.os_user)?;
-    let ctl = PgCtl {
-        bins,
-        account: account.as_ref(),
-        data_dir,
-    };
     j.step = "restore".into();
     write_journal(j, &prep.journal)?;
     test_hold("restore");
@@ -683,41 +710,71 @@ fn resume_after_copy(
         progress: opts.progress,
         pause: false,
     };
-    let report = execute(cfg, bins, decoder, plan, &eopts, &mut |s| {
-        say(s);
-        if s.starts_with("starting PostgreSQL") {
-            test_hold("replay");
-        }
-    })
+    let report = execute(cfg, bins, decoder, plan, &eopts, say)
     .map_err(|e| {
         RestoreError::Recovery(format!(
             "{e}. The in-place restore stopped during replay; the old data is kept ({}). Run `pgpitr restore --in-place --resume --to TARGET` to retry, or `pgpitr restore --in-place --undo` to go back",
             describe_copy(&j.safety_copy)
         ))
     })?;
-
     j.step = "restart".into();
     write_journal(j, &prep.journal)?;
     test_hold("restart");
+    finish_after_restore(cfg, bins, j, prep, Some(report), say)
+}
+
+/// Steps 4 and 5 (restart with the instance's configuration, base backup), from the step
+/// the journal names; `report` is None when resuming a run killed after promotion.
+fn finish_after_restore(
+    cfg: &Config,
+    bins: &Bins,
+    j: &mut Journal,
+    prep: &InPlacePlan,
+    report: Option<RestoreReport>,
+    say: &mut dyn FnMut(&str),
+) -> Result<InPlaceReport> {
+    let data_dir = &prep.data_dir;
+    let account = Account::for_server(&cfg.postgres.os_user)?;
+    let ctl = PgCtl {
+        bins,
+        account: account.as_ref(),
+        data_dir,
+    };
     let log = log_path(data_dir);
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
         port: cfg.postgres.port,
         user: cfg.postgres.user.clone(),
     };
-    {
-        let mut c = ep.wait_connect("postgres", Duration::from_secs(30))?;
-        crate::recovery_conf::reset_settings(&mut c, &crate::recovery_conf::SERVER_KEYS)?;
-    }
-    say("restarting the server with the instance's own configuration");
-    ctl.stop()?;
-    match &prep.service {
-        Service::Systemd { unit } => {
-            systemctl(&["start", unit])?;
+    if j.step == "restart" {
+        if !ctl.is_running() {
+            ctl.start(&log, "", true)?;
         }
-        Service::PgCtl => ctl.start(&log, "", true)?,
+        {
+            let mut c = ep.wait_connect("postgres", Duration::from_secs(30))?;
+            crate::recovery_conf::reset_after_promotion(&mut c)?;
+            crate::recovery_conf::reset_settings(&mut c, &crate::recovery_conf::SERVER_KEYS)?;
+        }
+        say("restarting the server with the instance's own configuration");
+        ctl.stop()?;
+        match &prep.service {
+            Service::Systemd { unit } => {
+                systemctl(&["start", unit])?;
+            }
+            Service::PgCtl => ctl.start(&log, "", true)?,
+        }
+        j.step = "base-backup".into();
+        write_journal(j, &prep.journal)?;
+    } else if !ctl.is_running() {
+        match &prep.service {
+            Service::Systemd { unit } => {
+                systemctl(&["start", unit])?;
+            }
+            Service::PgCtl => ctl.start(&log, "", true)?,
+        }
     }
-    ep.wait_connect("postgres", Duration::from_secs(60))
+    let mut client = ep
+        .wait_connect("postgres", Duration::from_secs(60))
         .map_err(|e| {
             RestoreError::Recovery(format!(
                 "the restored server did not come back after `{}`: {e}; see {}",
@@ -725,9 +782,27 @@ fn resume_after_copy(
                 log.display()
             ))
         })?;
+    let report = match report {
+        Some(r) => r,
+        None => RestoreReport {
+            backup_id: j.backup_id.clone(),
+            target: j.target.clone(),
+            data_dir: data_dir.clone(),
+            port: cfg.postgres.port,
+            socket_dir: cfg.postgres.socket_dir.clone(),
+            stopped_at_lsn: None,
+            stopped_at_time: None,
+            stop_reason: None,
+            timeline: crate::execute::current_timeline(&mut client)?,
+            steps: Vec::new(),
+            log_file: log.clone(),
+            stop_command: stop_command(&prep.service, &ctl),
+            promoted: true,
+            neutralised: Vec::new(),
+        },
+    };
+    drop(client);
 
-    j.step = "base-backup".into();
-    write_journal(j, &prep.journal)?;
     test_hold("base-backup");
     say("taking a base backup on the new timeline");
     let mut warnings = Vec::new();
@@ -758,7 +833,7 @@ pub fn resume(
     cfg: &Config,
     bins: &Bins,
     decoder: &Decoder,
-    plan: &Plan,
+    plan: Result<Plan>,
     opts: &InPlaceOptions,
     say: &mut dyn FnMut(&str),
 ) -> Result<InPlaceReport> {
@@ -774,11 +849,13 @@ pub fn resume(
         )));
     }
     let mut j = read_journal(&journal)?;
-    if j.backup_id != plan.backup.id || j.target != plan.target.to_string() {
-        return Err(RestoreError::Refused(format!(
-            "the interrupted in-place restore was from backup {} to {}; resume it with the same --to (and --backup), or undo it with --undo",
-            j.backup_id, j.target
-        )));
+    if let Ok(plan) = &plan {
+        if j.backup_id != plan.backup.id || j.target != plan.target.to_string() {
+            return Err(RestoreError::Refused(format!(
+                "the interrupted in-place restore was from backup {} to {}; resume it with the same --to, or undo it with --undo",
+                j.backup_id, j.target
+            )));
+        }
     }
     let account = Account::for_server(&cfg.postgres.os_user)?;
     let ctl = PgCtl {
@@ -794,6 +871,30 @@ pub fn resume(
             .unwrap_or(false),
         SafetyCopy::Nothing => j.step != "stop" && j.step != "safety-copy",
     };
+    let prep = InPlacePlan {
+        data_dir: data_dir.clone(),
+        service: j.service.clone(),
+        running: false,
+        system_identifier: None,
+        safety_copy: j.safety_copy.clone(),
+        needed_bytes: 0,
+        free_bytes: 0,
+        journal: journal.clone(),
+        steps: Vec::new(),
+    };
+    // Killed after promotion: the restored cluster in the data folder is complete, only
+    // the restart and the base backup are left.
+    let promoted = copy_taken
+        && matches!(j.step.as_str(), "restart" | "base-backup")
+        && data_dir.join("global/pg_control").is_file()
+        && !data_dir.join("recovery.signal").exists();
+    if promoted {
+        say(&format!("finishing from step {}", j.step));
+        return finish_after_restore(cfg, bins, &mut j, &prep, None, say);
+    }
+    // From here on the restore runs again: it needs its plan.
+    let plan = plan?;
+    let plan = &plan;
     if !copy_taken {
         // Killed before the safety copy: only the server may have been stopped. Start over.
         stop_service(&j.service, &ctl)?;
@@ -824,17 +925,6 @@ pub fn resume(
             }
         }
     }
-    let prep = InPlacePlan {
-        data_dir: data_dir.clone(),
-        service: j.service.clone(),
-        running: false,
-        system_identifier: None,
-        safety_copy: j.safety_copy.clone(),
-        needed_bytes: 0,
-        free_bytes: 0,
-        journal: journal.clone(),
-        steps: Vec::new(),
-    };
     resume_after_copy(cfg, bins, decoder, plan, &mut j, &prep, opts, say)
 }
 
@@ -874,6 +964,7 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
             data_dir: data_dir.clone(),
             backup_id: String::new(),
             target: String::new(),
+            timeline: 0,
             service: service_of(cfg),
             safety_copy: SafetyCopy::Renamed { path },
             step: "done".into(),

@@ -318,17 +318,53 @@ fn main() -> ExitCode {
             }
             let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
+            let mut req = PlanRequest {
+                target,
+                backup: backup.clone(),
+                timeline: *timeline,
+            };
+            if *in_place && !*resume {
+                // An interrupted in-place restore is finished or undone first.
+                pgpitr_restore::inplace::refuse_if_interrupted(&cfg, &bins)?;
+            }
+            if *in_place && *resume {
+                // Finish what was started: the same backup and timeline.
+                if let Some(j) = pgpitr_restore::inplace::interrupted(&cfg)? {
+                    req.backup = Some(j.backup_id.clone());
+                    if j.timeline != 0 {
+                        req.timeline = Some(j.timeline);
+                    }
+                }
+                let inv = Inventory::load(&cfg, &decoder)?;
+                let p = plan(&inv, &bins, &decoder, &req);
+                let opts = pgpitr_restore::inplace::InPlaceOptions {
+                    config_path,
+                    tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    progress: !*json && std::io::stderr().is_terminal(),
+                };
+                if *dry_run {
+                    let j = pgpitr_restore::inplace::journal_path(&std::path::absolute(
+                        &cfg.postgres.data_dir,
+                    )?);
+                    if let Ok(p) = &p {
+                        print!("{p}");
+                    }
+                    println!(
+                        "{}",
+                        pgpitr_restore::inplace::interrupted_message(&cfg, &bins, &j)?
+                    );
+                    println!("dry run: nothing was changed");
+                    return Ok(());
+                }
+                let report =
+                    pgpitr_restore::inplace::resume(&cfg, &bins, &decoder, p, &opts, &mut |s| {
+                        say(s)
+                    })?;
+                print_report(&report, serde_json::to_value(&report)?);
+                return Ok(());
+            }
             let inv = Inventory::load(&cfg, &decoder)?;
-            let p = plan(
-                &inv,
-                &bins,
-                &decoder,
-                &PlanRequest {
-                    target,
-                    backup: backup.clone(),
-                    timeline: *timeline,
-                },
-            )?;
+            let p = plan(&inv, &bins, &decoder, &req)?;
             let plan_secs = t0.elapsed().as_secs_f64();
             let plan_step = pgpitr_restore::execute::Step {
                 step: "plan and check WAL chain".into(),
@@ -346,17 +382,7 @@ fn main() -> ExitCode {
                     tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
                     progress,
                 };
-                let mut report = if *resume {
-                    if *dry_run {
-                        let j =
-                            inplace::journal_path(&std::path::absolute(&cfg.postgres.data_dir)?);
-                        print!("{p}");
-                        println!("{}", inplace::interrupted_message(&cfg, &bins, &j)?);
-                        println!("dry run: nothing was changed");
-                        return Ok(());
-                    }
-                    inplace::resume(&cfg, &bins, &decoder, &p, &opts, &mut |s| say(s))?
-                } else {
+                let mut report = {
                     let prep = inplace::prepare(&cfg, &bins, &p)?;
                     if *dry_run {
                         if *json {
