@@ -251,7 +251,13 @@ pub fn execute(
     } else {
         // What this restore wrote for recovery must not stay in the promoted server's
         // configuration (nor travel inside its later backups).
-        crate::recovery_conf::reset_after_promotion(&mut client)?;
+        if let Err(e) = crate::recovery_conf::reset_after_promotion(&mut client) {
+            // The restore itself succeeded; later restores neutralise these lines anyway.
+            say(&format!(
+                "warning: could not remove the recovery settings this restore wrote ({e}); as a superuser run ALTER SYSTEM RESET for {}",
+                crate::recovery_conf::RECOVERY_KEYS.join(", ")
+            ));
+        }
         current_timeline(&mut client)?
     };
     let log = fs::read_to_string(&log_file).unwrap_or_default();
