@@ -435,9 +435,29 @@ fn retention_and_status_follow_the_live_timeline() {
         &c.tool_with(&cfg2_path, "pgpitr", &["status", "--json"])
             .ok(),
     );
-    // ASSERTION (history model): status describes timeline 2 and its newest backup B4.
+    // ASSERTION (history model): status describes timeline 2, its newest backup is B4 and
+    // the window is not inverted.
     assert_eq!(st["window"]["timeline"], 2, "{st}");
-    assert!(st.to_string().contains(&b4), "{st}");
+    let backups = st["backups"].as_array().unwrap();
+    assert_eq!(backups.last().unwrap()["id"], b4.as_str(), "{st}");
+    let (from, to) = (
+        st["window"]["oldest"].as_str().unwrap(),
+        st["window"]["newest"].as_str().unwrap(),
+    );
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(from).unwrap()
+            <= chrono::DateTime::parse_from_rfc3339(to).unwrap(),
+        "inverted window: {st}"
+    );
+    // ASSERTION (history model): the window reaches past B4 on timeline 2.
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(to).unwrap()
+            >= chrono::DateTime::parse_from_rfc3339(
+                backups.last().unwrap()["stop_time"].as_str().unwrap()
+            )
+            .unwrap(),
+        "window ends before the newest backup: {st}"
+    );
     // Restores still reach timeline 2's latest.
     let got = restore_rows(&c, "r-latest", 5441, "latest", &[]);
     assert_eq!(got, vec!["a1", "b1", "b2", "p1", "p2", "p3"]);
