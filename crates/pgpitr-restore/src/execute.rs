@@ -286,13 +286,29 @@ pub fn execute(
 /// Name of the restore log older versions kept inside the data folder.
 pub const LEGACY_LOG: &str = "pgpitr-restore.log";
 
-/// Where a restore into `data_dir` logs: `<data_dir>.pgpitr-restore.log`, beside it.
+/// Where a restore into `data_dir` logs: `<data_dir>.pgpitr-restore.log`, beside it; when
+/// that folder is not writable (e.g. `/srv` for a restore run as `postgres` into
+/// `/srv/restore`), `<tmp>/pgpitr-restore<data_dir with / as _>.log`. Never inside it.
 pub fn log_path(data_dir: &Path) -> PathBuf {
     let name = data_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
-    data_dir.with_file_name(format!("{name}.pgpitr-restore.log"))
+    let beside = data_dir.with_file_name(format!("{name}.pgpitr-restore.log"));
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let writable = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map(|c| {
+            // SAFETY: access only reads the C string.
+            unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+        })
+        .unwrap_or(false);
+    if writable || beside.exists() {
+        return beside;
+    }
+    std::env::temp_dir().join(format!(
+        "pgpitr-restore{}.log",
+        data_dir.display().to_string().replace('/', "_")
+    ))
 }
 
 /// The timeline a promoted server writes on.
