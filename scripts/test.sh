@@ -28,3 +28,21 @@ cargo test --workspace
 # lifecycle in nixos-tests/systemd/scenarios/. About 3 minutes with the cache.
 apt_install debootstrap systemd-container
 bash nixos-tests/systemd/run.sh
+# Issue 11: the integration gate and the restore lifecycle also run on PostgreSQL 16, from
+# the `pgserver` package on PyPI (a full PostgreSQL 16 build in pgserver/pginstall, its
+# libpq in pgserver.libs beside it). pip installs it into a venv; the two folders are copied
+# to /opt/pgpitr-pg16 keeping their relative layout (the binaries find libpq through
+# $ORIGIN/../../../pgserver.libs) where the postgres user can read them.
+PG16_BIN=/opt/pgpitr-pg16/pgserver/pginstall/bin
+if [ ! -x "$PG16_BIN/postgres" ]; then
+  apt_install python3-venv python3-pip
+  python3 -m venv /opt/pgpitr-pg16-venv
+  /opt/pgpitr-pg16-venv/bin/pip install -q pgserver
+  sp=$(/opt/pgpitr-pg16-venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p /opt/pgpitr-pg16/pgserver
+  cp -a "$sp/pgserver/pginstall" /opt/pgpitr-pg16/pgserver/
+  cp -a "$sp/pgserver.libs" /opt/pgpitr-pg16/
+  chmod -R a+rX /opt/pgpitr-pg16
+fi
+PGPITR_PG_BIN="$PG16_BIN" PGPITR_PG_MAJOR=16 \
+  cargo test -p pgpitr-integration --test targets --test lifecycle

@@ -113,6 +113,10 @@ pub struct PostgresConfig {
     /// Operating-system account that runs server processes when a pgpitr tool runs as root.
     #[serde(default = "default_user")]
     pub os_user: String,
+    /// systemd unit that runs the server (e.g. `postgresql.service`): `pgpitr restore
+    /// --in-place` stops and starts it; absent means the server is run with `pg_ctl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl Default for PostgresConfig {
@@ -124,6 +128,7 @@ impl Default for PostgresConfig {
             socket_dir: default_socket_dir(),
             user: default_user(),
             os_user: default_user(),
+            service: None,
         }
     }
 }

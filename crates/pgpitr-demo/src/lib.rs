@@ -143,6 +143,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
             socket_dir: root.join("sock"),
             user: "postgres".into(),
             os_user: "postgres".into(),
+            service: None,
         },
         archive: ArchiveConfig {
             dir: root.join("archive"),
@@ -320,6 +321,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         tools_dir: tools.clone(),
         archive: false,
         progress: false,
+        pause: false,
     };
     cleanup.data_dirs.push(restored.clone());
     let report = execute(&cfg, &bins, &decoder, &p, &ropts, &mut |s| n.say(s))?;

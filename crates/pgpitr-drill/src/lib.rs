@@ -403,6 +403,7 @@ pub fn run(cfg: &Config, opts: &DrillOptions, say: &mut dyn FnMut(&str)) -> Resu
         tools_dir: opts.tools_dir.clone(),
         archive: false,
         progress: opts.progress,
+        pause: false,
     };
     let report = match execute(&rcfg, &bins, &decoder, &p, &eo, say) {
         Ok(r) => r,

@@ -44,8 +44,13 @@ pub fn built_bins() -> PathBuf {
     dir
 }
 
-/// PostgreSQL's binaries, or a loud failure saying how to install them.
+/// PostgreSQL's binaries, or a loud failure saying how to install them. `PGPITR_PG_BIN`
+/// names another binaries folder (e.g. PostgreSQL 16 from the `pgserver` package, see
+/// [`pg_bins_from_env`]).
 pub fn pg_bins() -> Bins {
+    if let Some(b) = pg_bins_from_env() {
+        return b;
+    }
     Bins::discover(None).unwrap_or_else(|e| {
         panic!("{e}\nThese tests need a real PostgreSQL: apt-get install -y postgresql-15 postgresql-contrib-15")
     })
@@ -181,6 +186,7 @@ impl Cluster {
                 socket_dir: root.join("sock"),
                 user: "postgres".into(),
                 os_user: "postgres".into(),
+                service: None,
             },
             archive: ArchiveConfig {
                 dir: opts
@@ -431,4 +437,44 @@ pub fn connect_db(c: &Cluster, port: u16, db: &str) -> Client {
     c.endpoint(port)
         .wait_connect(db, Duration::from_secs(30))
         .unwrap()
+}
+
+/// How scripts/test.sh installs the PostgreSQL 16 the tests run on a second time.
+pub const PG16_INSTALL: &str = "python3 -m venv /opt/pgpitr-pg16-venv && /opt/pgpitr-pg16-venv/bin/pip install pgserver && mkdir -p /opt/pgpitr-pg16/pgserver && cp -a /opt/pgpitr-pg16-venv/lib/python3*/site-packages/pgserver/pginstall /opt/pgpitr-pg16/pgserver/ && cp -a /opt/pgpitr-pg16-venv/lib/python3*/site-packages/pgserver.libs /opt/pgpitr-pg16/ && chmod -R a+rX /opt/pgpitr-pg16; then PGPITR_PG_BIN=/opt/pgpitr-pg16/pgserver/pginstall/bin PGPITR_PG_MAJOR=16";
+
+/// `PGPITR_PG_BIN` (a binaries folder the server account can run), checked against
+/// `PGPITR_PG_MAJOR` when that is set: a run meant for PostgreSQL 16 that does not find it
+/// fails loudly with the install command instead of quietly testing another version.
+pub fn pg_bins_from_env() -> Option<Bins> {
+    let want: Option<u32> = std::env::var("PGPITR_PG_MAJOR")
+        .ok()
+        .map(|v| v.parse().expect("PGPITR_PG_MAJOR must be a number"));
+    let Some(dir) = std::env::var_os("PGPITR_PG_BIN") else {
+        if let Some(m) = want {
+            panic!(
+                "PGPITR_PG_MAJOR={m} but PGPITR_PG_BIN is not set; install it with: {PG16_INSTALL}"
+            );
+        }
+        return None;
+    };
+    let bins = Bins::discover(Some(Path::new(&dir))).unwrap_or_else(|e| {
+        panic!(
+            "PGPITR_PG_BIN={}: {e}\ninstall PostgreSQL 16 with: {PG16_INSTALL}",
+            Path::new(&dir).display()
+        )
+    });
+    let major = bins.major_version().unwrap_or_else(|e| {
+        panic!(
+            "PGPITR_PG_BIN={}: {e}\ninstall it with: {PG16_INSTALL}",
+            bins.dir.display()
+        )
+    });
+    if let Some(m) = want {
+        assert_eq!(
+            major, m,
+            "PGPITR_PG_BIN={} is PostgreSQL {major}, PGPITR_PG_MAJOR wants {m}; install it with: {PG16_INSTALL}",
+            bins.dir.display()
+        );
+    }
+    Some(bins)
 }

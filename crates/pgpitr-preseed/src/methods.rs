@@ -145,6 +145,7 @@ fn restore_from(
         tools_dir: ctx.tools_dir.clone(),
         archive: true,
         progress: false,
+        pause: false,
     };
     let ctl = PgCtl {
         bins: &ctx.bins,

@@ -29,6 +29,9 @@ pub struct ExecuteOptions {
     pub archive: bool,
     /// Draw a progress line on stderr.
     pub progress: bool,
+    /// Stop at the target without promoting (`recovery_target_action = 'pause'`): the
+    /// server stays read-only until `pgpitr restore --promote --into DIR`.
+    pub pause: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +55,10 @@ pub struct RestoreReport {
     pub steps: Vec<Step>,
     pub log_file: PathBuf,
     pub stop_command: String,
+    /// False when the restore paused at the target (`--pause`): read-only until promoted.
+    pub promoted: bool,
+    /// Recovery settings that came inside the backup and were commented out before start.
+    pub neutralised: Vec<String>,
 }
 
 impl std::fmt::Display for RestoreReport {
@@ -70,13 +77,31 @@ impl std::fmt::Display for RestoreReport {
                 .map(|t| format!(", last transaction at {}", pgpitr_time::human(t)))
                 .unwrap_or_default()
         )?;
-        writeln!(f, "  new timeline {}", self.timeline)?;
+        for n in &self.neutralised {
+            writeln!(f, "  neutralised (came inside the backup): {n}")?;
+        }
+        if self.promoted {
+            writeln!(f, "  new timeline {}", self.timeline)?;
+        } else {
+            writeln!(
+                f,
+                "  PAUSED at the target on timeline {}, read-only: look, then finish with `pgpitr restore --promote --into {}` (or move the target later with `pgpitr restore --retarget --to LATER --into {}`)",
+                self.timeline,
+                self.data_dir.display(),
+                self.data_dir.display()
+            )?;
+        }
         for s in &self.steps {
             writeln!(f, "  {:<28} {:>8.2} s", s.step, s.seconds)?;
         }
         writeln!(
             f,
-            "the restored server is running: {} port {} (psql -h {} -p {})",
+            "the restored server is running{}: {} port {} (psql -h {} -p {})",
+            if self.promoted {
+                ""
+            } else {
+                " (paused, read-only)"
+            },
             self.data_dir.display(),
             self.port,
             self.socket_dir.display(),
@@ -129,6 +154,11 @@ pub fn execute(
     say: &mut dyn FnMut(&str),
 ) -> Result<RestoreReport> {
     check_target_dir(&opts.into)?;
+    if opts.pause && matches!(plan.target, crate::target::Target::Latest) {
+        return Err(RestoreError::Refused(
+            "--pause needs a target to stop at; `latest` replays all WAL and promotes (nothing was changed)".into(),
+        ));
+    }
     let socket = cfg
         .postgres
         .socket_dir
@@ -166,13 +196,29 @@ pub fn execute(
     pgpitr_backup::extract(&plan.backup, &cfg.backup.dir, decoder, &opts.into)?;
     timer.lap("extract backup");
 
+    // A restore log that travelled inside the backup (older pgpitr kept it in the data
+    // folder) describes another restore: it goes.
+    let _ = fs::remove_file(opts.into.join(LEGACY_LOG));
+    let stamp = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let neutralised = crate::recovery_conf::neutralise_inherited(&opts.into, &stamp)?;
+    for n in &neutralised {
+        say(&format!(
+            "neutralised a recovery setting that came inside the backup: {n}"
+        ));
+    }
     write_recovery_config(cfg, plan, opts)?;
     if let Some(a) = &account {
         a.chown_tree(&opts.into)?;
     }
     timer.lap("configure recovery");
 
-    let log_file = opts.into.join("pgpitr-restore.log");
+    // The log lives beside the data folder, never inside it (it would travel inside every
+    // later base backup of this server).
+    let log_file = log_path(&opts.into);
+    fs::write(&log_file, "").map_err(io_err(format!("create {}", log_file.display())))?;
+    if let Some(a) = &account {
+        a.chown_tree(&log_file)?;
+    }
     let ctl = PgCtl {
         bins,
         account: account.as_ref(),
@@ -183,29 +229,46 @@ pub fn execute(
         opts.port
     ));
     ctl.start(&log_file, "", false)?;
+    crate::inplace::test_hold("replay");
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
         port: opts.port,
         user: cfg.postgres.user.clone(),
     };
-    let replayed = follow_replay(&ctl, &ep, plan, &log_file, opts.progress)?;
+    let replayed = follow_replay(&ctl, &ep, plan, &log_file, opts.progress, opts.pause)?;
     let (lsn, xact_time) = (replayed.lsn, replayed.time);
-    timer.lap("replay and promote");
+    timer.lap(if opts.pause {
+        "replay to the target (paused)"
+    } else {
+        "replay and promote"
+    });
 
-    let timeline = match replayed.client {
-        Some(mut client) => {
-            let tli_hex: String = client
-                .query_one(
-                    "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-                    &[],
-                )
-                .map_err(pgpitr_pg::PgError::from)?
-                .get(0);
-            u32::from_str_radix(&tli_hex, 16).unwrap_or(0)
-        }
-        None => {
-            let log = fs::read_to_string(&log_file).unwrap_or_default();
-            crate::serverlog::new_timeline(&log).unwrap_or(0)
+    let timeline = if opts.pause {
+        plan.timeline
+    } else {
+        match replayed.client {
+            Some(mut client) => {
+                // What this restore wrote for recovery must not stay in the promoted server's
+                // configuration (nor travel inside its later backups).
+                if let Err(e) = crate::recovery_conf::reset_after_promotion(&mut client) {
+                    // The restore itself succeeded; later restores neutralise these lines anyway.
+                    say(&format!(
+                        "warning: could not remove the recovery settings this restore wrote ({e}); as a superuser run ALTER SYSTEM RESET for {}",
+                        crate::recovery_conf::RECOVERY_KEYS.join(", ")
+                    ));
+                }
+                current_timeline(&mut client)?
+            }
+            None => {
+                // The server refuses pgpitr (peer authentication as root): it recovered, but
+                // the recovery settings can only be reset by someone it lets in.
+                say(&format!(
+                    "warning: pgpitr cannot connect to the restored server, so the recovery settings it wrote stay in postgresql.auto.conf; as the server's user run ALTER SYSTEM RESET for {} and reload",
+                    crate::recovery_conf::RECOVERY_KEYS.join(", ")
+                ));
+                let log = fs::read_to_string(&log_file).unwrap_or_default();
+                crate::serverlog::new_timeline(&log).unwrap_or(0)
+            }
         }
     };
     let log = fs::read_to_string(&log_file).unwrap_or_default();
@@ -226,7 +289,50 @@ pub fn execute(
         steps: timer.steps,
         log_file,
         stop_command: ctl.stop_hint(),
+        promoted: !opts.pause,
+        neutralised,
     })
+}
+
+/// Name of the restore log older versions kept inside the data folder.
+pub const LEGACY_LOG: &str = "pgpitr-restore.log";
+
+/// Where a restore into `data_dir` logs: `<data_dir>.pgpitr-restore.log`, beside it; when
+/// that folder is not writable (e.g. `/srv` for a restore run as `postgres` into
+/// `/srv/restore`), `<tmp>/pgpitr-restore<data_dir with / as _>.log`. Never inside it.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let beside = data_dir.with_file_name(format!("{name}.pgpitr-restore.log"));
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let writable = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map(|c| {
+            // SAFETY: access only reads the C string.
+            unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+        })
+        .unwrap_or(false);
+    if writable || beside.exists() {
+        return beside;
+    }
+    std::env::temp_dir().join(format!(
+        "pgpitr-restore{}.log",
+        data_dir.display().to_string().replace('/', "_")
+    ))
+}
+
+/// The timeline a promoted server writes on.
+pub fn current_timeline(client: &mut pgpitr_pg::Client) -> Result<u32> {
+    let tli_hex: String = client
+        .query_one(
+            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+        )
+        .map_err(pgpitr_pg::PgError::from)?
+        .get(0);
+    u32::from_str_radix(&tli_hex, 16)
+        .map_err(|_| RestoreError::Recovery(format!("cannot read the timeline from {tli_hex:?}")))
 }
 
 fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Result<()> {
@@ -246,7 +352,10 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
         ),
         format!("restore_command = {}", conf_quote(&restore_cmd)),
         format!("recovery_target_timeline = '{}'", plan.timeline),
-        "recovery_target_action = 'promote'".into(),
+        format!(
+            "recovery_target_action = '{}'",
+            if opts.pause { "pause" } else { "promote" }
+        ),
         format!("port = {}", opts.port),
         format!(
             "unix_socket_directories = {}",
@@ -302,10 +411,10 @@ fn write_recovery_config(cfg: &Config, plan: &Plan, opts: &ExecuteOptions) -> Re
 }
 
 /// How replay ended, and a connection to the promoted server when pgpitr can get one.
-struct Replayed {
-    lsn: Option<Lsn>,
-    time: Option<DateTime<Utc>>,
-    client: Option<pgpitr_pg::Client>,
+pub(crate) struct Replayed {
+    pub(crate) lsn: Option<Lsn>,
+    pub(crate) time: Option<DateTime<Utc>>,
+    pub(crate) client: Option<pgpitr_pg::Client>,
 }
 
 /// Polls the server until it has promoted; shows progress; reports a failed recovery with
@@ -313,12 +422,13 @@ struct Replayed {
 /// connects only once the server accepts connections (no `FATAL: the database system is
 /// starting up` in its log); a server that refuses pgpitr (peer authentication as root) is
 /// followed through postmaster.pid and its log, and its recovery still counts as a success.
-fn follow_replay(
+pub(crate) fn follow_replay(
     ctl: &PgCtl<'_>,
     ep: &Endpoint,
     plan: &Plan,
     log_file: &Path,
     progress: bool,
+    pause: bool,
 ) -> Result<Replayed> {
     use pgpitr_pg::PmStatus;
     let start = plan.backup.start_lsn.0;
@@ -367,8 +477,13 @@ fn follow_replay(
                 }
             }
         }
+        // Paused at the target (--pause) while refused: the log says so.
+        let paused_in_log = refused
+            && pause
+            && fs::read_to_string(log_file)
+                .is_ok_and(|l| l.contains("pausing at the end of recovery"));
         let Some(mut c) = conn else {
-            if promoted {
+            if promoted || paused_in_log {
                 if progress {
                     eprintln!();
                 }
@@ -394,7 +509,8 @@ fn follow_replay(
             continue;
         };
         let row = match c.query_one(
-            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()",
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), \
+             CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() = 'paused' ELSE false END",
             &[],
         ) {
             Ok(r) => r,
@@ -422,7 +538,8 @@ fn follow_replay(
                 last_line = line;
             }
         }
-        if !in_recovery {
+        let paused: bool = row.get(3);
+        if !in_recovery || (pause && paused) {
             if progress {
                 eprintln!();
             }

@@ -3,9 +3,12 @@
 //! the execution (extract, configure recovery, start, replay, promote, report).
 
 pub mod execute;
+pub mod inplace;
 pub mod inventory;
+pub mod paused;
 pub mod plan;
 pub mod preflight;
+pub mod recovery_conf;
 pub mod serverlog;
 pub mod target;
 pub mod window_cache;

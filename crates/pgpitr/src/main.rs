@@ -31,26 +31,27 @@ enum Cmd {
         #[arg(long)]
         offsite: bool,
     },
-    /// Restore a cluster to a point in time into an empty folder and start it there.
+    /// Restore a cluster to a point in time into an empty folder and start it there, or
+    /// in place of the instance's data folder (--in-place).
     Restore {
         /// A time (RFC 3339; PostgreSQL's forms such as "2026-11-22 13:28:28.40844+00",
         /// "... UTC", "... Europe/Berlin"; a zone-less time is local time; "30 minutes ago"),
         /// xid:N, name:LABEL, lsn:X/Y, immediate or latest. Any time pgpitr prints is accepted.
-        #[arg(long, required_unless_present = "before_incident")]
+        #[arg(long, required_unless_present_any = ["before_incident", "promote", "undo"])]
         to: Option<String>,
         /// Restore to just before the top-ranked incident `pgpitr incidents` finds (asks
         /// which one on a terminal); shows what it chose first.
-        #[arg(long, conflicts_with_all = ["to", "exclusive"])]
+        #[arg(long, conflicts_with_all = ["to", "exclusive", "promote", "undo", "retarget"])]
         before_incident: bool,
         /// With --before-incident: look at the WAL within 15 minutes of this time only.
         #[arg(long, requires = "before_incident")]
         around: Option<String>,
-        /// Empty or new folder for the restored data.
-        #[arg(long)]
-        into: PathBuf,
+        /// Empty or new folder for the restored data (with --promote/--retarget: the paused restore).
+        #[arg(long, required_unless_present_any = ["in_place"])]
+        into: Option<PathBuf>,
         /// Port for the restored server (its socket goes to postgres.socket_dir).
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present_any = ["in_place", "promote", "retarget"])]
+        port: Option<u16>,
         /// Use this backup instead of the newest one that reaches the target.
         #[arg(long)]
         backup: Option<String>,
@@ -64,7 +65,7 @@ enum Cmd {
         /// Let the restored server archive into the instance's archive (it becomes the new primary).
         #[arg(long)]
         archive: bool,
-        /// Print the plan and change nothing.
+        /// Print the plan (with --in-place: every step) and change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Fetch the backup and WAL from the offsite restic repository (the local archive
@@ -74,6 +75,25 @@ enum Cmd {
         /// Where `--from offsite` puts what it fetches (default: beside --into).
         #[arg(long)]
         staging: Option<PathBuf>,
+        /// Restore the configured instance in place: stop it, keep a safety copy, restore
+        /// into its data folder, promote with archiving on, start it, take a base backup.
+        #[arg(long, conflicts_with_all = ["into", "port", "pause", "promote", "retarget", "from", "staging", "archive"])]
+        in_place: bool,
+        /// With --in-place: finish an interrupted in-place restore (same --to).
+        #[arg(long, requires = "in_place", conflicts_with = "undo")]
+        resume: bool,
+        /// With --in-place: go back to the safety copy (the restored folder is moved aside).
+        #[arg(long, requires = "in_place", conflicts_with_all = ["to", "dry_run"])]
+        undo: bool,
+        /// Stop at the target without promoting: read-only, so you can look first.
+        #[arg(long)]
+        pause: bool,
+        /// Promote the paused restore in --into (made with --pause).
+        #[arg(long, conflicts_with_all = ["to", "pause", "retarget", "dry_run"])]
+        promote: bool,
+        /// Move the paused restore in --into to a later --to and replay on to it (paused).
+        #[arg(long, conflicts_with_all = ["pause"])]
+        retarget: bool,
         /// Print the report (or with --dry-run the plan and its checks) as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -352,7 +372,40 @@ fn main() -> ExitCode {
             json,
             from,
             staging,
+            in_place,
+            resume,
+            undo,
+            pause,
+            promote,
+            retarget,
         } => {
+            let say = |s: &str| {
+                sd_notify(&format!("STATUS={s}"));
+                if !*json {
+                    eprintln!("pgpitr: {s}")
+                }
+            };
+            let print_report = |r: &dyn std::fmt::Display, v: serde_json::Value| {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    pgpitr_cli::json_printed();
+                } else {
+                    println!("{r}");
+                }
+            };
+            if *promote || *undo {
+                let cfg = cli.config.load()?;
+                let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
+                if *undo {
+                    let msg = pgpitr_restore::inplace::undo(&cfg, &bins, &mut |s| say(s))?;
+                    print_report(&msg, serde_json::json!({ "undone": msg }));
+                } else {
+                    let into = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
+                    let r = pgpitr_restore::paused::promote(&cfg, &bins, &into)?;
+                    print_report(&r, serde_json::to_value(&r)?);
+                }
+                return Ok(());
+            }
             let t0 = Instant::now();
             let mut cfg = cli.config.load()?;
             let (target, exclusive, zone_note) = match to {
@@ -397,9 +450,11 @@ fn main() -> ExitCode {
                 }
             };
             let mut config_path = cli.config.path()?;
-            pgpitr_restore::execute::check_target_dir(into)?;
+            if let (Some(into), false) = (into, *retarget) {
+                pgpitr_restore::execute::check_target_dir(into)?;
+            }
             if from == "offsite" {
-                let into_abs = std::path::absolute(into)?;
+                let into_abs = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
                 let staging = match staging {
                     Some(s) => std::path::absolute(s)?,
                     None => {
@@ -428,31 +483,129 @@ fn main() -> ExitCode {
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
             // Held until the restore is done: walprune must not prune what the plan checked.
             let _lock = pgpitr_restore::plan::lock(&cfg)?;
+            let mut req = PlanRequest {
+                target,
+                backup: backup.clone(),
+                timeline: *timeline,
+                exclusive,
+            };
+            if *in_place && !*resume {
+                // An interrupted in-place restore is finished or undone first.
+                pgpitr_restore::inplace::refuse_if_interrupted(&cfg, &bins)?;
+            }
+            if *in_place && *resume {
+                // Finish what was started: the same backup and timeline.
+                if let Some(j) = pgpitr_restore::inplace::interrupted(&cfg)? {
+                    req.backup = Some(j.backup_id.clone());
+                    if j.timeline != 0 {
+                        req.timeline = Some(j.timeline);
+                    }
+                }
+                let inv = Inventory::load(&cfg, &decoder)?;
+                let p = plan(&inv, &bins, &decoder, &req);
+                let opts = pgpitr_restore::inplace::InPlaceOptions {
+                    config_path,
+                    tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    progress: !*json && std::io::stderr().is_terminal(),
+                };
+                if *dry_run {
+                    let j = pgpitr_restore::inplace::journal_path(&std::path::absolute(
+                        &cfg.postgres.data_dir,
+                    )?);
+                    if let Ok(p) = &p {
+                        print!("{p}");
+                    }
+                    println!(
+                        "{}",
+                        pgpitr_restore::inplace::interrupted_message(&cfg, &bins, &j)?
+                    );
+                    println!("dry run: nothing was changed");
+                    return Ok(());
+                }
+                let report =
+                    pgpitr_restore::inplace::resume(&cfg, &bins, &decoder, p, &opts, &mut |s| {
+                        say(s)
+                    })?;
+                print_report(&report, serde_json::to_value(&report)?);
+                return Ok(());
+            }
             let inv = Inventory::load(&cfg, &decoder)?;
-            let mut p = plan(
-                &inv,
-                &bins,
-                &decoder,
-                &PlanRequest {
-                    target,
-                    backup: backup.clone(),
-                    timeline: *timeline,
-                    exclusive,
-                },
-            )?;
+            let mut p = plan(&inv, &bins, &decoder, &req)?;
             p.warnings.extend(zone_note);
+            let plan_step = |t0: Instant| pgpitr_restore::execute::Step {
+                step: "plan and check WAL chain".into(),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            let progress = !*json && std::io::stderr().is_terminal();
+            if *in_place {
+                use pgpitr_restore::inplace;
+                sd_notify(&format!(
+                    "READY=1\nSTATUS=restoring the instance in place: backup {} to {}",
+                    p.backup.id, p.target
+                ));
+                let opts = inplace::InPlaceOptions {
+                    config_path,
+                    tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
+                    progress,
+                };
+                let step = plan_step(t0);
+                let mut report = {
+                    let prep = inplace::prepare(&cfg, &bins, &p)?;
+                    if *dry_run {
+                        if *json {
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(
+                                    &serde_json::json!({ "plan": p, "in_place": prep })
+                                )?
+                            );
+                        } else {
+                            print!("{p}{prep}");
+                            println!("dry run: nothing was changed");
+                        }
+                        return Ok(());
+                    }
+                    if !*json {
+                        eprint!("{p}{prep}");
+                    }
+                    inplace::run(&cfg, &bins, &decoder, &p, &prep, &opts, &mut |s| say(s))?
+                };
+                report.restore.steps.insert(0, step);
+                print_report(&report, serde_json::to_value(&report)?);
+                return Ok(());
+            }
+            let into = into.as_ref().expect("clap requires --into");
+            let into_abs = std::path::absolute(into)?;
+            if *retarget {
+                if *dry_run {
+                    print!("{p}");
+                    println!("dry run: nothing was changed");
+                    return Ok(());
+                }
+                let r = pgpitr_restore::paused::retarget(
+                    &cfg,
+                    &bins,
+                    &p,
+                    &into_abs,
+                    progress,
+                    &mut |s| say(s),
+                )?;
+                print_report(&r, serde_json::to_value(&r)?);
+                return Ok(());
+            }
+            let port = port.expect("clap requires --port");
             let checks = pgpitr_restore::preflight::check(
                 &cfg,
                 &pgpitr_restore::preflight::PreflightRequest {
                     into,
-                    port: *port,
+                    port,
                     config_path: &config_path,
                     tools_dir: &tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
                     raw_bytes: p.backup.raw_bytes(),
                 },
             );
             let refused = pgpitr_restore::preflight::failures(&checks);
-            let plan_secs = t0.elapsed().as_secs_f64();
+            let step = plan_step(t0);
             if *dry_run {
                 if *json {
                     let mut doc = serde_json::to_value(&p)?;
@@ -483,7 +636,6 @@ fn main() -> ExitCode {
                 "READY=1\nSTATUS=restoring backup {} to {}",
                 p.backup.id, p.target
             ));
-            let into_abs = std::path::absolute(into)?;
             if cfg.zfs.is_some() {
                 if let Some(snap) = pgpitr_zfs::safety_snapshot(&into_abs)? {
                     eprintln!("pgpitr: safety snapshot {snap} taken; to undo this restore: stop the restored server, then zfs rollback {snap}");
@@ -491,34 +643,20 @@ fn main() -> ExitCode {
             }
             let opts = ExecuteOptions {
                 into: into_abs,
-                port: *port,
+                port,
                 config_path,
                 tools_dir: tools_dir(cfg.pgpitr.bin_dir.as_deref())?,
                 archive: *archive,
-                progress: !*json && std::io::stderr().is_terminal(),
+                progress,
+                pause: *pause,
             };
-            let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| {
-                sd_notify(&format!("STATUS={s}"));
-                if !*json {
-                    eprintln!("pgpitr: {s}")
-                }
-            })?;
+            let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| say(s))?;
             sd_notify(&format!(
                 "STATUS=restored: server running on port {} (timeline {})",
                 report.port, report.timeline
             ));
-            report.steps.insert(
-                0,
-                pgpitr_restore::execute::Step {
-                    step: "plan and check WAL chain".into(),
-                    seconds: plan_secs,
-                },
-            );
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            report.steps.insert(0, step);
+            print_report(&report, serde_json::to_value(&report)?);
             Ok(())
         }
         Cmd::Drill {
