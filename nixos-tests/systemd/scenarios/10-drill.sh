@@ -38,6 +38,9 @@ scenario_drill() {
   # Only the drill's lock file stays in the scratch folder.
   [ "$(ls -A "$ROOT/var/lib/pgpitr/main/drill")" = .drill.lock ] ||
     fail "the scratch folder was not emptied: $(ls -A "$ROOT/var/lib/pgpitr/main/drill")"
+  # Its metrics reached the textfile folder (writable for the unit with monitoring on).
+  assert_contains "$(cat "$ROOT"/var/lib/pgpitr-rig/metrics/*.prom)" \
+    'pgpitr_drill_success{instance="main"} 1' "the drill's metrics"
   [ "$(ct stat -c %U /var/backup/postgresql/main/drills.jsonl)" = postgres ] ||
     fail "drills.jsonl is not owned by postgres"
 }
