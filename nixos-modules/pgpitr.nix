@@ -333,8 +333,8 @@ let
           description = "Units started when the server or any pgpitr job of this instance fails (OnFailure=).";
         };
 
-        # The restore drill and preseed: their binaries and config sections are pending
-        # (pendingSchemaKeys in ./lib); nothing is written unless enabled.
+        # The restore drill and preseed: nothing is written unless enabled (preseed's config
+        # section is still pending, see pendingSchemaKeys in ./lib).
         drill = {
           enable = mkEnableOption "a scheduled restore drill (postgresql-drill-<name>.{service,timer}, `pgpitr drill`)";
           schedule = mkOption {
@@ -353,10 +353,15 @@ let
             description = "Port of the throw-away restored server (drill.port).";
           };
           from = mkOption {
-            type = types.nullOr types.str;
+            type = types.nullOr (types.enum [ "local" "offsite" ]);
             default = null;
             example = "offsite";
-            description = "Where the drill restores from (drill.from).";
+            description = "Where the drill restores from: `--from` of the drill unit (null: pgpitr's default, local).";
+          };
+          heartbeatIntervalSeconds = mkOption {
+            type = types.nullOr types.ints.positive;
+            default = null;
+            description = "drill.heartbeat_interval_seconds. null: derived from healthCheck.interval when it is `minutely`, `hourly` or `*:0/N`, else pgpitr's default (300).";
           };
         };
         preseed = {

@@ -38,6 +38,17 @@ let
   # lib.escapeShellArg: one word for sh, whatever it contains.
   escapeShellArg = s: "'" + replaceStrings [ "'" ] [ "'\\''" ] (toString s) + "'";
   dirOf' = p: builtins.dirOf p;
+  optionalString = c: s: if c then s else "";
+
+  # Seconds between runs of an OnCalendar= schedule, for the simple forms only
+  # (`minutely`, `hourly`, `*:0/N`, `*:00/N`, `*:0/N:00`); null for anything else, and the
+  # schema default (300) applies (docs/nixos.md).
+  heartbeatIntervalOf = schedule:
+    let m = builtins.match "\\*:0?0/0*([1-9][0-9]*)(:00)?" schedule;
+    in if schedule == "minutely" then 60
+    else if schedule == "hourly" then 3600
+    else if m != null then 60 * builtins.fromJSON (builtins.head m)
+    else null;
 
   # PostgreSQL majors nixpkgs 25.11 still ships (13 was removed).
   supportedMajors = [ "14" "15" "16" "17" "18" ];
@@ -84,7 +95,7 @@ let
 
   # Keys the NixOS module can write that the Rust schema of this branch does not know yet.
   # They are emitted only when the matching option is used (see `pendingKeysOf`).
-  pendingSchemaKeys = [ "drill" "preseed" ];
+  pendingSchemaKeys = [ "preseed" ];
 
   # The folders and settings every instance gets unless its definition says otherwise.
   # The module uses these as its option defaults, so there is one place for them.
@@ -155,14 +166,18 @@ let
       properties = { data = { }; wal = { }; };
     };
     onFailure = [ ];
-    # Off by default; their config sections are pending schema keys (see pendingSchemaKeys).
     drill = {
       enable = false;
       schedule = "weekly";
       scratchDir = "/var/lib/pgpitr/${name}/drill";
       port = null;
+      # `--from` of the drill unit (null: the CLI default, local).
       from = null;
+      # null: derived from healthCheck.interval when it is `*:0/N`, `minutely` or `hourly`
+      # (see heartbeatIntervalOf), else the schema default (300).
+      heartbeatIntervalSeconds = null;
     };
+    # Off by default; its config section is a pending schema key (see pendingSchemaKeys).
     preseed = {
       enable = false;
       methods = [ ];
@@ -298,14 +313,18 @@ let
           wal_properties = if (i.zfs.properties.wal or { }) == { } then null else i.zfs.properties.wal;
         };
       }
-      # Pending schema keys (pendingSchemaKeys): written only when the option is used.
       // optionalAttrs drill {
         drill = nonNull {
           scratch_dir = i.drill.scratchDir;
           port = i.drill.port;
-          from = i.drill.from;
+          # The heartbeat row is written by the healthcheck job: without it there is none.
+          heartbeat = i.healthCheck.enable;
+          heartbeat_interval_seconds =
+            if i.drill.heartbeatIntervalSeconds != null then i.drill.heartbeatIntervalSeconds
+            else heartbeatIntervalOf i.healthCheck.interval;
         };
       }
+      # Pending schema keys (pendingSchemaKeys): written only when the option is used.
       // optionalAttrs preseed {
         preseed = nonNull {
           methods = i.preseed.methods;
@@ -581,8 +600,12 @@ let
       // optionalAttrs drill {
         ${unit "postgresql-drill"} = job {
           description = "pgpitr restore drill of PostgreSQL instance ${name}";
-          exec = "${bin}/pgpitr ${cfgArg} drill";
-          rw = [ i.drill.scratchDir ] ++ metricsRw;
+          exec = "${bin}/pgpitr ${cfgArg} drill"
+            + optionalString (i.drill.from != null) " --from ${i.drill.from}";
+          # The scratch copy, drills.jsonl and the backup lock in backup.dir, the scratch
+          # server's socket; archive.dir is only read (ProtectSystem=strict leaves it readable).
+          rw = [ i.drill.scratchDir b.baseBackup.dir socketDir ] ++ metricsRw;
+          after = [ serverUnit ] ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service";
         };
       }
       // optionalAttrs preseed {
@@ -765,5 +788,6 @@ let
 in
 {
   inherit defaults withDefaults mkInstance assertions renderConf renderValue pendingSchemaKeys
+    heartbeatIntervalOf
     managedSettings configDir supportedMajors defaultMajorFor restartSettings escapeShellArg;
 }

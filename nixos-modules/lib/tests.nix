@@ -98,7 +98,15 @@ let
       };
       onFailure = [ "page-oncall.service" ];
     };
-    # The restore drill and preseed (off by default): their config sections await schema
+    # The restore drill alone: the schema knows [drill], so this config must pass the check
+    # (heartbeat_interval_seconds derived from healthCheck.interval).
+    drilled = {
+      port = 5437;
+      healthCheck.interval = "*:0/10";
+      monitoring.enable = true;
+      drill = { enable = true; port = 15437; from = "local"; };
+    };
+    # The restore drill and preseed (off by default): preseed's config section awaits schema
     # support (pendingSchemaKeys).
     drill = {
       port = 5436;
@@ -176,6 +184,7 @@ in
     legacy = case { name = "legacy"; instance = instances.legacy; contract = true; pgMajor = "15"; p = paths15; };
     pending = case { name = "pending"; instance = instances.pending; contract = true; };
     drill = case { name = "drill"; instance = instances.drill; contract = false; };
+    drilled = case { name = "drilled"; instance = instances.drilled; contract = true; };
   };
   pendingSchemaKeys = pgpitrLib.pendingSchemaKeys;
   inherit defects;

@@ -34,6 +34,9 @@ import ./render.nix {
         extensions = [ "pgcrypto" ];
       };
       sharedBuffers = "32MB";
+      # The restore drill (scenarios/10-drill.sh): scratch folder and port left at their
+      # defaults (/var/lib/pgpitr/main/drill, 5432 + 10000).
+      drill.enable = true;
     };
     second = {
       port = 5433;

@@ -145,7 +145,7 @@ fn units_ordering_timers_hardening_and_settings() {
     let cases = &all["cases"];
     assert_eq!(
         keys(cases),
-        set(&["drill", "full", "legacy", "main", "pending"])
+        set(&["drill", "drilled", "full", "legacy", "main", "pending"])
     );
 
     for (name, c) in cases.as_object().unwrap() {
@@ -380,9 +380,27 @@ fn units_ordering_timers_hardening_and_settings() {
     // Pending keys appear only where their options are used.
     let pending = strs(&all["pendingSchemaKeys"]);
     assert_eq!(strs(&cases["drill"]["pendingKeys"]), pending);
-    for n in ["main", "full", "legacy", "pending"] {
+    for n in ["main", "full", "legacy", "pending", "drilled"] {
         assert_eq!(strs(&cases[n]["pendingKeys"]), Vec::<String>::new(), "{n}");
     }
+
+    // [drill]: no `from` key (it is the unit's `--from`), the heartbeat interval follows the
+    // healthcheck timer (`*:0/10`).
+    assert_eq!(
+        cases["drilled"]["configFile"]["drill"],
+        json!({
+            "scratch_dir": "/var/lib/pgpitr/drilled/drill",
+            "port": 15437,
+            "heartbeat": true,
+            "heartbeat_interval_seconds": 600
+        })
+    );
+    assert!(
+        cases["drilled"]["services"]["postgresql-drill-drilled"]["serviceConfig"]["ExecStart"]
+            .as_str()
+            .unwrap()
+            .ends_with(" drill --from local")
+    );
 
     // Assertions.
     let a = &all["assertions"];
@@ -710,9 +728,19 @@ fn defects_found_under_real_systemd_stay_fixed() {
     let drill = &dp["postgresql-drill-dp"];
     assert_eq!(
         drill["serviceConfig"]["ExecStart"],
-        "/nix/store/00000000000000000000000000000000-pgpitr-0.1.0/bin/pgpitr --config /etc/pgpitr/dp.json drill"
+        "/nix/store/00000000000000000000000000000000-pgpitr-0.1.0/bin/pgpitr --config /etc/pgpitr/dp.json drill --from offsite"
     );
-    assert_hardened("postgresql-drill-dp", drill, &["/var/lib/pgpitr/dp/drill"]);
+    // The drill writes drills.jsonl and takes the backup lock in backup.dir, and its scratch
+    // server puts its socket in the socket folder.
+    assert_hardened(
+        "postgresql-drill-dp",
+        drill,
+        &[
+            "/var/lib/pgpitr/dp/drill",
+            "/var/backup/postgresql/dp",
+            "/run/postgresql",
+        ],
+    );
     let dt = &d["drillPreseed"]["timers"]["postgresql-drill-dp"]["timerConfig"];
     assert_eq!(dt["OnCalendar"], "weekly");
     assert_eq!(dt["Persistent"], true);
