@@ -116,9 +116,17 @@ impl Inventory {
         path: &[TimelineRange],
         segno: u64,
         floor: u64,
+        cached: bool,
     ) -> Result<Option<XactEnd>> {
         let idx = self.index();
-        let mut cache = crate::window_cache::Cache::load(self.cache_path.as_deref());
+        // A restore's plan reads the objects themselves (`cached = false`): the cache is
+        // keyed by the original's checksum, so it cannot notice a damaged stored object.
+        let cache_path = if cached {
+            self.cache_path.as_deref()
+        } else {
+            None
+        };
+        let mut cache = crate::window_cache::Cache::load(cache_path);
         let mut tmp: Option<tempfile::TempDir> = None;
         let mut s = segno;
         let mut found = None;
@@ -299,7 +307,7 @@ impl Inventory {
             .unwrap_or(b.stop_time)
             .min(b.stop_time);
         let end = w.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
-        let newest_xact = self.last_xact_end(bins, decoder, path, end, stop_seg)?;
+        let newest_xact = self.last_xact_end(bins, decoder, path, end, stop_seg, true)?;
         // Never inverted: the window ends no earlier than the newest backup on this history.
         let newest_time = newest_xact
             .map(|x| x.time)

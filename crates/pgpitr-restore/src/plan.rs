@@ -177,7 +177,7 @@ pub fn plan(inv: &Inventory, bins: &Bins, decoder: &Decoder, req: &PlanRequest) 
     let stop_seg = chosen.stop_lsn.segno(seg);
     let walk = inv.walk_from_lsn(&path, Lsn((stop_seg + 1) * seg));
     let end_segno = walk.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
-    let last = inv.last_xact_end(bins, decoder, &path, end_segno, stop_seg)?;
+    let last = inv.last_xact_end(bins, decoder, &path, end_segno, stop_seg, false)?;
     let window_end = last
         .map(|x| x.time)
         .unwrap_or(chosen.stop_time)
