@@ -478,3 +478,33 @@ pub fn pg_bins_from_env() -> Option<Bins> {
     }
     Some(bins)
 }
+
+/// Makes sure zfs-fuse's daemon answers (starts it when it is not running, reuses it when it
+/// is), failing loudly with the install command when zfs-fuse is missing.
+pub fn ensure_zfs_fuse() {
+    require_tool("zfs-fuse", "zfs-fuse");
+    require_tool("zpool", "zfs-fuse");
+    let zpool_answers = || {
+        Command::new("zpool")
+            .arg("list")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if zpool_answers() {
+        return;
+    }
+    let out = Command::new("zfs-fuse").output().unwrap();
+    assert!(
+        out.status.success(),
+        "cannot start zfs-fuse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    while !zpool_answers() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "zfs-fuse did not come up (is /dev/fuse there?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -548,26 +548,8 @@ fn sh_ok(cmd: &str) -> String {
 
 impl Pool {
     fn create() -> Pool {
-        require_tool("zfs-fuse", "zfs-fuse");
-        require_tool("zpool", "zfs-fuse");
+        pgpitr_integration::ensure_zfs_fuse();
         require_tool("syncoid", "sanoid");
-        // zfs-fuse's daemon: start it when it is not running (and reuse it when it is).
-        if !sh("zpool list").status.success() {
-            let out = sh("zfs-fuse");
-            assert!(
-                out.status.success(),
-                "cannot start zfs-fuse: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let start = Instant::now();
-            while !sh("zpool list").status.success() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "zfs-fuse did not come up (is /dev/fuse there?)"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
         let dir = tempfile::Builder::new()
             .prefix("pgpitr-preseed-zfs-")
             .tempdir()

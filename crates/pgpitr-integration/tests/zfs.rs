@@ -4,13 +4,11 @@
 //! PostgreSQL data folder on a dataset passes the sentinel gate. One test: runs serially.
 
 use pgpitr_config::ZfsConfig;
-use pgpitr_integration::{
-    require_tool, rows_around_target, tags, Cluster, ClusterOptions, Placement,
-};
+use pgpitr_integration::{rows_around_target, tags, Cluster, ClusterOptions, Placement};
 use pgpitr_zfs::Zfs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A pool on a sparse file, destroyed (test cleanup only) when dropped.
 struct Pool {
@@ -26,25 +24,7 @@ fn sh(cmd: &str) -> std::process::Output {
 
 impl Pool {
     fn create() -> Pool {
-        require_tool("zfs-fuse", "zfs-fuse");
-        require_tool("zpool", "zfs-fuse");
-        // zfs-fuse's daemon: start it when it is not running.
-        if !sh("zpool list").status.success() {
-            let out = sh("zfs-fuse");
-            assert!(
-                out.status.success(),
-                "cannot start zfs-fuse: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let start = Instant::now();
-            while !sh("zpool list").status.success() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "zfs-fuse did not come up (is /dev/fuse there?)"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        pgpitr_integration::ensure_zfs_fuse();
         let dir = tempfile::Builder::new()
             .prefix("pgpitr-zfs-")
             .tempdir()
