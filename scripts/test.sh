@@ -20,7 +20,7 @@ ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins
 cargo clippy --workspace --all-targets -q -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 # --- issue 10: the NixOS module's units under a real systemd -------------------------------
 # Renders the module's units, tmpfiles rules and configs from its plain-Nix core, boots them in
 # a Debian 12 systemd-nspawn container (root file system cached in /var/cache/pgpitr-rig, about
