@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         let info = result?;
         sd_notify(&format!("STATUS=backup {} complete", info.id));
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            pgpitr_cli::print_json(&info)?;
         } else {
             println!("{}", info.id);
         }

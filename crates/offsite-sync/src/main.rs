@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         }
         let r = result?;
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            pgpitr_cli::print_json(&r)?;
         } else {
             println!(
                 "offsite: {} bytes added, {} new base backups ({} already offsite), {} snapshots{}",

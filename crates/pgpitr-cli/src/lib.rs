@@ -101,6 +101,14 @@ pub fn json_printed() {
     JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Prints a command's JSON document on stdout (pretty, one document per run) and records
+/// that it did, so a failure after it does not add `run_main`'s error document.
+pub fn print_json<T: serde::Serialize + ?Sized>(doc: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(doc)?);
+    json_printed();
+    Ok(())
+}
+
 /// Runs `f`, mapping an error to exit code 1 with one line on stderr. With `--json` a
 /// failure also prints `{"ok": false, "error": "..."}` on stdout, so a script always gets
 /// a JSON document.

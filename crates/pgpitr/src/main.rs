@@ -258,7 +258,7 @@ fn main() -> ExitCode {
                 eprintln!();
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                pgpitr_cli::print_json(&report)?;
             } else {
                 print!("{report}");
             }
@@ -271,8 +271,7 @@ fn main() -> ExitCode {
                 eprintln!("pgpitr: warning: {e}");
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                pgpitr_cli::json_printed();
+                pgpitr_cli::print_json(&report)?;
             } else {
                 println!("{report}");
             }
@@ -291,8 +290,7 @@ fn main() -> ExitCode {
             let states = pgpitr_zfs::ensure_instance(&cfg, *fix)?;
             let drift: usize = states.iter().map(|s| s.drift().len()).sum();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&states)?);
-                pgpitr_cli::json_printed();
+                pgpitr_cli::print_json(&states)?;
             } else {
                 for s in &states {
                     let created = if s.created { ": created" } else { "" };
@@ -329,7 +327,7 @@ fn main() -> ExitCode {
             let cfg = cli.config.load()?;
             let st = pgpitr_offsite::status(&cfg)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                pgpitr_cli::print_json(&st)?;
             } else {
                 print!("{st}");
             }
@@ -348,7 +346,7 @@ fn main() -> ExitCode {
             if *json {
                 let mut v = serde_json::to_value(&st)?;
                 v["last_drill"] = serde_json::to_value(&drill)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                pgpitr_cli::print_json(&v)?;
             } else {
                 print!("{st}");
                 match &drill {
@@ -387,8 +385,7 @@ fn main() -> ExitCode {
             };
             let print_report = |r: &dyn std::fmt::Display, v: serde_json::Value| {
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    pgpitr_cli::json_printed();
+                    let _ = pgpitr_cli::print_json(&v);
                 } else {
                     println!("{r}");
                 }
@@ -553,12 +550,9 @@ fn main() -> ExitCode {
                     let prep = inplace::prepare(&cfg, &bins, &p)?;
                     if *dry_run {
                         if *json {
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(
-                                    &serde_json::json!({ "plan": p, "in_place": prep })
-                                )?
-                            );
+                            pgpitr_cli::print_json(
+                                &serde_json::json!({ "plan": p, "in_place": prep }),
+                            )?;
                         } else {
                             print!("{p}{prep}");
                             println!("dry run: nothing was changed");
@@ -611,8 +605,7 @@ fn main() -> ExitCode {
                     let mut doc = serde_json::to_value(&p)?;
                     doc["checks"] = serde_json::to_value(&checks)?;
                     doc["ok"] = refused.is_none().into();
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
-                    pgpitr_cli::json_printed();
+                    pgpitr_cli::print_json(&doc)?;
                 } else {
                     print!("{p}");
                     for c in &checks {
@@ -685,7 +678,9 @@ fn main() -> ExitCode {
                 }
             })?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rec)?);
+                pgpitr_cli::print_json(&rec)?;
+                // The record is the JSON document, also when the drill failed.
+                pgpitr_cli::json_printed();
             } else {
                 print!("{rec}");
             }

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         }
         let report = result?;
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            pgpitr_cli::print_json(&report)?;
         } else {
             println!("{report}");
         }

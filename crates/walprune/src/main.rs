@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         let cfg = cli.config.load()?;
         let plan = pgpitr_retention::prune(&cfg, cli.dry_run)?;
         if cli.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+            pgpitr_cli::print_json(&plan)?;
         } else {
             println!("{plan}");
             if cli.dry_run {
