@@ -8,7 +8,7 @@ scenario_preseed() {
   assert_contains "$(cat "$ROOT$cfg")" '"service":"postgresql-seeded.service"' "[postgres] of seeded.json"
   wait_active postgresql-seeded.service 60
   # The first boot: `empty` ran initdb (nothing anywhere yet), the follow-up took backup 1.
-  assert_contains "$(ct journalctl -b -u postgresql-preseed-seeded.service --no-pager)" \
+  assert_contains "$(ct journalctl -u postgresql-preseed-seeded.service --no-pager)" \
     "restored by method empty" "the first boot's preseed"
   local first
   first="$(ls "$ROOT$bdir" | grep -v '^\.' | sort)"
