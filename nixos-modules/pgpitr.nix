@@ -333,8 +333,7 @@ let
           description = "Units started when the server or any pgpitr job of this instance fails (OnFailure=).";
         };
 
-        # The restore drill and preseed: nothing is written unless enabled (preseed's config
-        # section is still pending, see pendingSchemaKeys in ./lib).
+        # The restore drill and preseed: nothing is written unless enabled.
         drill = {
           enable = mkEnableOption "a scheduled restore drill (postgresql-drill-<name>.{service,timer}, `pgpitr drill`)";
           schedule = mkOption {
@@ -365,18 +364,40 @@ let
           };
         };
         preseed = {
-          enable = mkEnableOption "preseeding an empty data folder before the first start (postgresql-preseed-<name>.service)";
+          enable = mkEnableOption "preseeding an empty data folder before the first start (postgresql-preseed-<name>.service, then postgresql-preseed-basebackup-<name>.service)";
           methods = mkOption {
+            type = types.nullOr (types.listOf (types.enum [ "syncoid" "local" "archive" "restic" "empty" ]));
+            default = null;
+            example = [ "syncoid" "local" "archive" "restic" ];
+            description = "Preseed methods tried in order (preseed.methods); null: the schema's default.";
+          };
+          initdbArgs = mkOption {
             type = types.listOf types.str;
             default = [ ];
-            example = [ "syncoid" "restore" ];
-            description = "Preseed methods tried in order (preseed.methods).";
+            description = "Extra initdb arguments for the `empty` method (preseed.initdb_args).";
           };
-          syncoid.source = mkOption {
-            type = types.nullOr types.str;
+          recoveryTimeoutSeconds = mkOption {
+            type = types.nullOr types.ints.positive;
             default = null;
-            example = "backup@old-host:tank/pg/main";
-            description = "syncoid source dataset (preseed.syncoid.source).";
+            description = "How long a restored copy may take to replay (preseed.recovery_timeout_seconds); null: the schema's default.";
+          };
+          syncoid = {
+            source = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "backup@old-host:tank/pg/main";
+              description = "syncoid source dataset (preseed.syncoid.source).";
+            };
+            bin = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "syncoid executable (preseed.syncoid.bin); null: syncoid on PATH.";
+            };
+            options = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              description = "Extra syncoid arguments (preseed.syncoid.options).";
+            };
           };
         };
       };

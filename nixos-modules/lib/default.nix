@@ -95,7 +95,8 @@ let
 
   # Keys the NixOS module can write that the Rust schema of this branch does not know yet.
   # They are emitted only when the matching option is used (see `pendingKeysOf`).
-  pendingSchemaKeys = [ "preseed" ];
+  # (None right now: [preseed] and postgres.service are in the schema.)
+  pendingSchemaKeys = [ ];
 
   # The folders and settings every instance gets unless its definition says otherwise.
   # The module uses these as its option defaults, so there is one place for them.
@@ -177,11 +178,13 @@ let
       # (see heartbeatIntervalOf), else the schema default (300).
       heartbeatIntervalSeconds = null;
     };
-    # Off by default; its config section is a pending schema key (see pendingSchemaKeys).
+    # Off by default. null / [ ]: the schema's default (docs/config.md `[preseed]`).
     preseed = {
       enable = false;
-      methods = [ ];
-      syncoid = { source = null; };
+      methods = null;
+      initdbArgs = [ ];
+      recoveryTimeoutSeconds = null;
+      syncoid = { source = null; bin = null; options = [ ]; };
     };
   };
 
@@ -258,6 +261,8 @@ let
           socket_dir = socketDir;
           user = osUser;
           os_user = osUser;
+          # `pgpitr restore --in-place` stops and starts the server through this unit.
+          service = serverUnit;
         };
         archive = {
           dir = b.walArchive.dir;
@@ -324,12 +329,20 @@ let
             else heartbeatIntervalOf i.healthCheck.interval;
         };
       }
-      # Pending schema keys (pendingSchemaKeys): written only when the option is used.
       // optionalAttrs preseed {
         preseed = nonNull {
           methods = i.preseed.methods;
-          syncoid = if i.preseed.syncoid.source == null then null
-            else { source = i.preseed.syncoid.source; };
+          initdb_args = if i.preseed.initdbArgs == [ ] then null else i.preseed.initdbArgs;
+          recovery_timeout_seconds = i.preseed.recoveryTimeoutSeconds;
+          syncoid =
+            let
+              sy = nonNull {
+                source = i.preseed.syncoid.source;
+                bin = i.preseed.syncoid.bin;
+                options = if i.preseed.syncoid.options == [ ] then null else i.preseed.syncoid.options;
+              };
+            in
+            if sy == { } then null else sy;
         };
       };
 
@@ -622,7 +635,10 @@ let
             Type = "oneshot";
             RemainAfterExit = true;
             ExecStart = "${bin}/preseed ${cfgArg}";
-            ReadWritePaths = unique [ i.dataDir b.walArchive.dir ];
+            # The staging folder and lock sit beside the data folder; the restored server
+            # replays from (and archives its new timeline into) the archive.
+            ReadWritePaths = unique ([ (dirOf' i.dataDir) i.dataDir b.walArchive.dir b.baseBackup.dir socketDir ]
+              ++ metricsRw);
             ProtectSystem = "strict";
             PrivateTmp = true;
             NoNewPrivileges = true;
@@ -635,7 +651,8 @@ let
         # A seeded cluster has no base backup of its own yet: take one once the server is up.
         ${unit "postgresql-preseed-basebackup"} = job {
           description = "pgpitr first base backup of preseeded PostgreSQL instance ${name}";
-          exec = "${bin}/basebackup ${cfgArg}";
+          # Waits for the server, then backs up only when its timeline has no backup yet.
+          exec = "${bin}/preseed ${cfgArg} --follow-up-backup";
           rw = [ b.baseBackup.dir ] ++ metricsRw;
           after = [ serverUnit preseedUnit ];
           extra = {

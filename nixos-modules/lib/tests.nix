@@ -106,12 +106,18 @@ let
       monitoring.enable = true;
       drill = { enable = true; port = 15437; from = "local"; };
     };
-    # The restore drill and preseed (off by default): preseed's config section awaits schema
-    # support (pendingSchemaKeys).
+    # The restore drill and preseed with every [preseed] key: the schema knows them, so this
+    # config must pass the check.
     drill = {
       port = 5436;
       drill = { enable = true; port = 5499; from = "offsite"; };
-      preseed = { enable = true; methods = [ "syncoid" ]; syncoid.source = "old-host:tank/pg/drill"; };
+      preseed = {
+        enable = true;
+        methods = [ "syncoid" "local" "archive" ];
+        initdbArgs = [ "--locale=C.UTF-8" ];
+        recoveryTimeoutSeconds = 600;
+        syncoid = { source = "old-host:tank/pg/drill"; bin = "/run/current-system/sw/bin/syncoid"; options = [ "--sshkey=/run/keys/replica" ]; };
+      };
       zfs = { enable = true; dataDataset = "tank/pg/drill"; walDataset = "tank/pg/drill-wal"; };
     };
   };
@@ -183,7 +189,7 @@ in
     full = case { name = "full"; instance = instances.full; contract = true; };
     legacy = case { name = "legacy"; instance = instances.legacy; contract = true; pgMajor = "15"; p = paths15; };
     pending = case { name = "pending"; instance = instances.pending; contract = true; };
-    drill = case { name = "drill"; instance = instances.drill; contract = false; };
+    drill = case { name = "drill"; instance = instances.drill; contract = true; };
     drilled = case { name = "drilled"; instance = instances.drilled; contract = true; };
   };
   pendingSchemaKeys = pgpitrLib.pendingSchemaKeys;

@@ -48,6 +48,14 @@ import ./render.nix {
         walDataset = "rig/pg/second-wal";
       };
     };
+    # The rebuilt node (scenarios/11-preseed.sh): preseed before the server. `empty` lets the
+    # first boot initdb (no archive.json, no backup yet); once the instance has data, only
+    # `archive` may bring it back.
+    seeded = {
+      port = 5434;
+      inherit healthCheck;
+      preseed = { enable = true; methods = [ "archive" "empty" ]; };
+    };
   };
   extraUnits = {
     # The OnFailure= target of both instances: records which unit failed.

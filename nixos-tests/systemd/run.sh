@@ -27,7 +27,7 @@ done
 NODE_EXPORTER="$(command -v prometheus-node-exporter || command -v node_exporter || true)"
 [ -n "$NODE_EXPORTER" ] || { echo "rig: node_exporter is missing. Install it with: apt-get install -y prometheus-node-exporter" >&2; exit 1; }
 BIN_DIR="${PGPITR_RIG_BIN_DIR:-$repo/target/debug}"
-for b in pgpitr archive-wal restore-wal basebackup walprune healthcheck provision-dbs offsite-sync; do
+for b in pgpitr archive-wal restore-wal basebackup walprune healthcheck provision-dbs offsite-sync preseed; do
   [ -x "$BIN_DIR/$b" ] || { echo "rig: $BIN_DIR/$b is missing: run \`cargo build --workspace --bins\` first (or set PGPITR_RIG_BIN_DIR)" >&2; exit 1; }
 done
 

@@ -132,6 +132,14 @@ pub fn remove(bins: &Bins, account: Option<&Account>, sc: &Scratch) -> Result<()
         }
         remove_dir(&data)?;
     }
+    // The restore's log beside the copy (the drill's record keeps what each step found).
+    let log = pgpitr_restore::execute::log_path(&data);
+    if log.parent() == Some(sc.dir.as_path()) && log.exists() {
+        std::fs::remove_file(&log).map_err(pgpitr_durable::io_context(format!(
+            "remove {}",
+            log.display()
+        )))?;
+    }
     if sc.staging().exists() {
         remove_dir(&sc.staging())?;
     }

@@ -377,11 +377,35 @@ fn units_ordering_timers_hardening_and_settings() {
         [cases["pending"]["paths"]["restic"].as_str().unwrap()]
     );
 
-    // Pending keys appear only where their options are used.
+    // Pending keys appear only where their options are used (none pending right now).
     let pending = strs(&all["pendingSchemaKeys"]);
-    assert_eq!(strs(&cases["drill"]["pendingKeys"]), pending);
-    for n in ["main", "full", "legacy", "pending", "drilled"] {
+    assert_eq!(pending, Vec::<String>::new());
+    for n in ["main", "full", "legacy", "pending", "drilled", "drill"] {
         assert_eq!(strs(&cases[n]["pendingKeys"]), Vec::<String>::new(), "{n}");
+    }
+
+    // [preseed] as the Rust schema reads it, and every instance names its server unit (used
+    // by `pgpitr restore --in-place`).
+    assert_eq!(
+        cases["drill"]["configFile"]["preseed"],
+        json!({
+            "methods": ["syncoid", "local", "archive"],
+            "initdb_args": ["--locale=C.UTF-8"],
+            "recovery_timeout_seconds": 600,
+            "syncoid": {
+                "source": "old-host:tank/pg/drill",
+                "bin": "/run/current-system/sw/bin/syncoid",
+                "options": ["--sshkey=/run/keys/replica"]
+            }
+        })
+    );
+    assert!(cases["main"]["configFile"].get("preseed").is_none());
+    for n in ["main", "full", "legacy", "pending", "drilled", "drill"] {
+        assert_eq!(
+            cases[n]["configFile"]["postgres"]["service"],
+            format!("postgresql-{n}.service"),
+            "{n}"
+        );
     }
 
     // [drill]: no `from` key (it is the unit's `--from`), the heartbeat interval follows the
@@ -723,7 +747,7 @@ fn defects_found_under_real_systemd_stay_fixed() {
         "{pre}"
     );
 
-    // Drill and preseed units (off by default; their config sections are pending keys).
+    // Drill and preseed units (off by default).
     let dp = &d["drillPreseed"]["services"];
     let drill = &dp["postgresql-drill-dp"];
     assert_eq!(
@@ -756,6 +780,10 @@ fn defects_found_under_real_systemd_stay_fixed() {
     let server_after = strs(&dp["postgresql-dp"]["after"]);
     assert!(server_after.contains(&"postgresql-preseed-dp.service".to_string()));
     let follow = &dp["postgresql-preseed-basebackup-dp"];
+    assert_eq!(
+        follow["serviceConfig"]["ExecStart"],
+        "/nix/store/00000000000000000000000000000000-pgpitr-0.1.0/bin/preseed --config /etc/pgpitr/dp.json --follow-up-backup"
+    );
     assert!(strs(&follow["after"]).contains(&"postgresql-dp.service".to_string()));
     assert_eq!(strs(&follow["wantedBy"]), ["multi-user.target"]);
     // Nothing of them unless enabled.
