@@ -382,14 +382,21 @@ let
       # `authentication` comes first: pg_hba.conf uses the first matching line.
       hbaText = "# Written by the pgpitr NixOS module (services.pgpitr.instances.${name}).\n"
         + (if i.authentication == "" then "" else i.authentication + "\n") + ''
-        local all all peer
+        # Peer authentication through the `pgpitr` map (pg_ident.conf): each OS user is its
+        # own database user, and root may also be postgres (pgpitr restore --in-place runs
+        # as root, to stop and start the unit, and connects to the restored server).
+        local all all peer map=pgpitr
         host  all all 127.0.0.1/32 scram-sha-256
         host  all all ::1/128      scram-sha-256
         # pg_basebackup (base backups) connects for replication.
-        local replication all peer
+        local replication all peer map=pgpitr
         host  replication all 127.0.0.1/32 scram-sha-256
         host  replication all ::1/128      scram-sha-256
       '';
+      # The map `pgpitr` of pg_hba.conf: every OS user as itself, and root as ${osUser}.
+      identText = "# Written by the pgpitr NixOS module (services.pgpitr.instances.${name}).\n"
+        + "pgpitr  /^(.*)$  \\1\n"
+        + "pgpitr  root     ${osUser}\n";
       restartConf = renderConf (nonNull (mapAttrs (k: v: if elem k restartSettings then v else null) postgresqlConf));
       reloadConf = renderConf (nonNull (mapAttrs (k: v: if elem k restartSettings then null else v) postgresqlConf));
 
@@ -491,7 +498,7 @@ let
           };
           preStart = initdb;
           # Settings read only at server start restart it; the rest reload it.
-          reloadTriggers = [ (hashString "sha256" (reloadConf + hbaText)) ];
+          reloadTriggers = [ (hashString "sha256" (reloadConf + hbaText + identText)) ];
           restartTriggers = [ paths.postgresql (hashString "sha256" restartConf) ];
           # A crash loop must end in `failed` (and OnFailure=): 5 starts within 5 minutes
           # at RestartSec=5s reach the limit after about 25 s.
@@ -715,7 +722,7 @@ let
       etc = {
         "pgpitr/${name}/postgresql.conf" = postgresqlConfText;
         "pgpitr/${name}/pg_hba.conf" = hbaText;
-        "pgpitr/${name}/pg_ident.conf" = "";
+        "pgpitr/${name}/pg_ident.conf" = identText;
       };
       units = attrNames services;
     };

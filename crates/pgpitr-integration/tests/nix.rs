@@ -360,7 +360,7 @@ fn units_ordering_timers_hardening_and_settings() {
     );
     let hba = full["hbaText"].as_str().unwrap();
     assert!(
-        hba.find("host app app 10.0.0.0/8").unwrap() < hba.find("local all all peer").unwrap(),
+        hba.find("host app app 10.0.0.0/8").unwrap() < hba.find("local all all peer map=pgpitr").unwrap(),
         "authentication lines come first:\n{hba}"
     );
     assert_eq!(
@@ -562,7 +562,7 @@ fn defects_found_under_real_systemd_stay_fixed() {
     // pg_basebackup connects for replication over the socket: pg_hba.conf must allow it.
     let hba = d["hba"].as_str().unwrap();
     for line in [
-        "local replication all peer",
+        "local replication all peer map=pgpitr",
         "host  replication all 127.0.0.1/32 scram-sha-256",
         "host  replication all ::1/128      scram-sha-256",
     ] {
