@@ -171,7 +171,7 @@ fn concurrent_basebackup_is_never_deleted() {
     let c = Cluster::start(ClusterOptions::default());
     let mut db = c.connect(5432);
     db.batch_execute(
-        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 300000) g",
+        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 60000) g",
     )
     .unwrap();
     c.basebackup();
