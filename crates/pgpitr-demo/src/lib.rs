@@ -357,9 +357,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
     }
     n.say(&format!("all {restored_count} orders are back"));
     n.say(&format!(
-        "the same restore on your own instance: pgpitr --config {} restore --to '{}' --into /srv/restored --port 5433 (add --dry-run first to see the plan); read next: docs/runbook.md (restore, drills) and docs/config.md (setting up an instance)",
+        "the same restore on your own instance: pgpitr --config {} restore --to xid:{} --exclusive --into /srv/restored --port 5433 (add --dry-run first to see the plan; `pgpitr incidents` finds the transaction); read next: docs/runbook.md (restore, drills) and docs/config.md (setting up an instance)",
         cfg_path.display(),
-        pgpitr_time::human(target)
+        top.xid
     ));
     drop(rdb);
     drop(db);

@@ -360,7 +360,8 @@ fn units_ordering_timers_hardening_and_settings() {
     );
     let hba = full["hbaText"].as_str().unwrap();
     assert!(
-        hba.find("host app app 10.0.0.0/8").unwrap() < hba.find("local all all peer map=pgpitr").unwrap(),
+        hba.find("host app app 10.0.0.0/8").unwrap()
+            < hba.find("local all all peer map=pgpitr").unwrap(),
         "authentication lines come first:\n{hba}"
     );
     assert_eq!(

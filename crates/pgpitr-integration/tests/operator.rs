@@ -543,7 +543,9 @@ fn demo_ends_with_the_equivalent_restore_command() {
     .ok();
     let tail: Vec<&str> = r.stdout.lines().rev().take(4).collect();
     assert!(
-        tail.iter().any(|l| l.contains("restore --to '")
+        // The DELETE's own transaction, left out: a restore to its commit time would keep it.
+        tail.iter().any(|l| l.contains("restore --to xid:")
+            && l.contains("--exclusive")
             && l.contains("--into")
             && l.contains("docs/runbook.md")),
         "{}",
