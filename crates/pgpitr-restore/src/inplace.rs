@@ -912,20 +912,28 @@ pub fn resume(
             if matches!(j.safety_copy, SafetyCopy::ZfsSnapshot { .. }) {
                 empty_dir(&data_dir)?;
             } else {
-                let aside = sibling(&data_dir, &format!("failed-restore-{}", stamp()));
-                say(&format!(
-                    "moving the interrupted restore aside to {}",
-                    aside.display()
-                ));
-                fs::rename(&data_dir, &aside).map_err(io_err(format!(
-                    "rename {} to {}",
-                    data_dir.display(),
-                    aside.display()
-                )))?;
+                move_aside(&data_dir, "failed-restore", "the interrupted restore", say)?;
             }
         }
     }
     resume_after_copy(cfg, bins, decoder, plan, &mut j, &prep, opts, say)
+}
+
+/// Renames `data_dir` to `<data_dir>.<tag>-<time>` beside it (never deletes), saying so.
+fn move_aside(
+    data_dir: &Path,
+    tag: &str,
+    what: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let aside = sibling(data_dir, &format!("{tag}-{}", stamp()));
+    say(&format!("moving {what} aside to {}", aside.display()));
+    fs::rename(data_dir, &aside).map_err(io_err(format!(
+        "rename {} to {}",
+        data_dir.display(),
+        aside.display()
+    )))?;
+    Ok(aside)
 }
 
 /// `--in-place --undo`: puts the safety copy back and starts the server on it. The restored
@@ -986,16 +994,7 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
                 ctl.stop()?;
             }
             if data_dir.exists() {
-                let aside = sibling(&data_dir, &format!("abandoned-restore-{}", stamp()));
-                say(&format!(
-                    "moving the restored folder aside to {}",
-                    aside.display()
-                ));
-                fs::rename(&data_dir, &aside).map_err(io_err(format!(
-                    "rename {} to {}",
-                    data_dir.display(),
-                    aside.display()
-                )))?;
+                move_aside(&data_dir, "abandoned-restore", "the restored folder", say)?;
             }
             say(&format!("putting {} back", path.display()));
             fs::rename(path, &data_dir).map_err(io_err(format!(
