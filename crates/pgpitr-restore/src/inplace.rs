@@ -280,18 +280,21 @@ fn is_empty_dir(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The instance's data folder as an absolute path (what the journal and safety copy sit beside).
+fn data_dir_of(cfg: &Config) -> Result<PathBuf> {
+    Ok(
+        std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
+            "resolve {}",
+            cfg.postgres.data_dir.display()
+        )))?,
+    )
+}
+
 /// Checks everything `--in-place` needs and lists its steps; changes nothing.
 pub fn prepare(cfg: &Config, bins: &Bins, plan: &Plan) -> Result<InPlacePlan> {
-    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
-        "resolve {}",
-        cfg.postgres.data_dir.display()
-    )))?;
+    refuse_if_interrupted(cfg, bins)?;
+    let data_dir = data_dir_of(cfg)?;
     let journal = journal_path(&data_dir);
-    if journal.exists() {
-        return Err(RestoreError::Refused(interrupted_message(
-            cfg, bins, &journal,
-        )?));
-    }
     let service = service_of(cfg);
     let account = Account::for_server(&cfg.postgres.os_user)?;
     let ctl = PgCtl {
@@ -467,10 +470,7 @@ pub fn prepare(cfg: &Config, bins: &Bins, plan: &Plan) -> Result<InPlacePlan> {
 
 /// Refuses (before any planning) while an interrupted in-place restore's journal exists.
 pub fn refuse_if_interrupted(cfg: &Config, bins: &Bins) -> Result<()> {
-    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
-        "resolve {}",
-        cfg.postgres.data_dir.display()
-    )))?;
+    let data_dir = data_dir_of(cfg)?;
     let journal = journal_path(&data_dir);
     if journal.exists() {
         return Err(RestoreError::Refused(interrupted_message(
@@ -482,10 +482,7 @@ pub fn refuse_if_interrupted(cfg: &Config, bins: &Bins) -> Result<()> {
 
 /// The journal of the interrupted in-place restore of the instance, if any.
 pub fn interrupted(cfg: &Config) -> Result<Option<Journal>> {
-    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
-        "resolve {}",
-        cfg.postgres.data_dir.display()
-    )))?;
+    let data_dir = data_dir_of(cfg)?;
     let journal = journal_path(&data_dir);
     if !journal.exists() {
         return Ok(None);
@@ -837,10 +834,7 @@ pub fn resume(
     opts: &InPlaceOptions,
     say: &mut dyn FnMut(&str),
 ) -> Result<InPlaceReport> {
-    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
-        "resolve {}",
-        cfg.postgres.data_dir.display()
-    )))?;
+    let data_dir = data_dir_of(cfg)?;
     let journal = journal_path(&data_dir);
     if !journal.exists() {
         return Err(RestoreError::Refused(format!(
@@ -939,10 +933,7 @@ fn move_aside(
 /// `--in-place --undo`: puts the safety copy back and starts the server on it. The restored
 /// folder is moved aside, never deleted.
 pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<String> {
-    let data_dir = std::path::absolute(&cfg.postgres.data_dir).map_err(io_err(format!(
-        "resolve {}",
-        cfg.postgres.data_dir.display()
-    )))?;
+    let data_dir = data_dir_of(cfg)?;
     let journal = journal_path(&data_dir);
     let j = if journal.exists() {
         read_journal(&journal)?
