@@ -146,6 +146,7 @@ fn restore_from(
         archive: true,
         progress: false,
         pause: false,
+        hand_over: false,
     };
     let ctl = PgCtl {
         bins: &ctx.bins,
@@ -157,6 +158,7 @@ fn restore_from(
     if ctl.is_running() {
         ctl.stop()?;
     }
+    pgpitr_restore::access::remove(&stage)?;
     let report = report?;
     say("restored server promoted and stopped; moving it into place");
     place::put_in_place(&stage, data_dir, ctx.account.as_ref())?;
@@ -635,6 +637,34 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// A crash-consistent copy carries the `postmaster.pid` of the server that ran when it was
+/// taken (on this machine before it was rebuilt, or on the replica). PostgreSQL refuses to
+/// start while any process has that PID, and after a reboot PIDs are small and reused: the
+/// file is removed, unless a postgres process really runs on this folder right now.
+fn remove_snapshot_pid_file(data: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
+    let pid_file = data.join("postmaster.pid");
+    let Ok(text) = fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let pid = text.lines().next().unwrap_or("").trim().to_string();
+    let proc_dir = Path::new("/proc").join(&pid);
+    let runs_here = !pid.is_empty()
+        && fs::read_link(proc_dir.join("cwd"))
+            .is_ok_and(|cwd| fs::canonicalize(data).is_ok_and(|d| d == cwd))
+        && fs::read_to_string(proc_dir.join("cmdline")).is_ok_and(|c| c.contains("postgres"));
+    if runs_here {
+        return Err(PreseedError::Refused(format!(
+            "a PostgreSQL server (pid {pid}) runs on {}: stop it before preseed",
+            data.display()
+        )));
+    }
+    fs::remove_file(&pid_file).map_err(io_err(format!("remove {}", pid_file.display())))?;
+    say(&format!(
+        "removed the copy's postmaster.pid (pid {pid} at the moment of the snapshot; no server runs on the folder now)"
+    ));
+    Ok(())
+}
+
 /// Replays the archive from a crash-consistent copy in the data folder, lets it promote to
 /// a new timeline (archiving on), stops it and removes the settings it wrote.
 fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
@@ -646,6 +676,7 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
             data.display()
         )));
     }
+    remove_snapshot_pid_file(data, say)?;
     let q = |p: &Path| format!("\"{}\"", p.display());
     let restore_cmd = format!(
         "{} --config {} %f %p",

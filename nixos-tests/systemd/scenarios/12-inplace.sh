@@ -1,0 +1,59 @@
+# `pgpitr restore --in-place --to <time>` on a server run by its systemd unit (the config's
+# `postgres.service`, written by the module): rows written before and after a recorded time;
+# after the restore the unit is active again with only the earlier rows, on a new timeline,
+# with no recovery setting and none of pgpitr's access files left, a base backup on the new
+# timeline, and the old data folder kept as a safety copy.
+scenario_inplace() {
+  local cfg=/etc/pgpitr/main.json
+  wait_active postgresql-main.service 60
+  start_ok postgresql-basebackup-main.service
+  psql_ct 5432 -c 'create table if not exists inplace (x int); insert into inplace values (1), (2)' >/dev/null
+  sleep 1
+  local t tl0 before after n
+  t="$(psql_ct 5432 -c 'select now()')"
+  tl0="$(psql_ct 5432 -c 'select timeline_id from pg_control_checkpoint()')"
+  sleep 1
+  psql_ct 5432 -c 'insert into inplace values (3), (4)' >/dev/null
+  before="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
+  psql_ct 5432 -c 'select pg_switch_wal()' >/dev/null
+  for ((n = 0; n < 100; n++)); do
+    after="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
+    [ "$after" -gt "$before" ] && break
+    sleep 0.2
+  done
+  [ "$after" -gt "$before" ] || fail "main did not archive before the restore"
+  log "restoring main in place to $t"
+  ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" --dry-run >/dev/null
+  if ! ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" >"$RUN/inplace.out" 2>&1; then
+    cat "$RUN/inplace.out" >&2
+    fail "the in-place restore failed"
+  fi
+  wait_active postgresql-main.service 60
+  # The unit is what runs the server again (its main PID is the postmaster).
+  local pid
+  pid="$(ctl show -p MainPID --value postgresql-main.service)"
+  [ "$pid" -gt 0 ] && [ "$(ct head -n1 /var/lib/postgresql/main/postmaster.pid)" = "$pid" ] ||
+    fail "the server is not the unit's main process"
+  [ "$(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace')" = "1,2" ] ||
+    fail "after the restore: $(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace')"
+  local tl
+  tl="$(psql_ct 5432 -c 'select timeline_id from pg_control_checkpoint()')"
+  [ "$tl" -gt "$tl0" ] || fail "main is on timeline $tl, not after $tl0"
+  # What the restore wrote for its own server is gone: recovery settings, access files.
+  if ct grep -E '^[[:space:]]*(recovery_target|restore_command)' /var/lib/postgresql/main/postgresql.auto.conf; then
+    fail "recovery settings left in postgresql.auto.conf"
+  fi
+  if ct sh -c 'ls /var/lib/postgresql/main.pgpitr-*.conf 2>/dev/null' | grep -q .; then
+    fail "pgpitr's access files were left beside the data folder"
+  fi
+  [ "$(psql_ct 5432 -c 'select pg_is_in_recovery()')" = "f" ] || fail "main is still in recovery"
+  # The window restarts at once: a base backup on the new timeline.
+  grep -lE "\"timeline\": *$tl([^0-9]|\$)" "$ROOT"/var/backup/postgresql/main/*/backup.json >/dev/null ||
+    fail "no base backup on timeline $tl"
+  # The safety copy: the old data folder, renamed beside it.
+  local safety
+  safety="$(ct sh -c 'ls -d /var/lib/postgresql/main.pre-restore-* 2>/dev/null' | tail -n1)"
+  [ -n "$safety" ] || fail "no safety copy beside /var/lib/postgresql/main"
+  ct test -s "$safety/global/pg_control" || fail "$safety is not a data folder"
+  log "safety copy: $safety"
+}
