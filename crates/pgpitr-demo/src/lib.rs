@@ -84,6 +84,7 @@ impl Drop for Cleanup {
             if ctl.is_running() {
                 let _ = ctl.stop();
             }
+            let _ = pgpitr_restore::access::remove(d);
         }
         if let Some(f) = self.folder.take() {
             if self.keep {
@@ -322,6 +323,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoOutcome> {
         archive: false,
         progress: false,
         pause: false,
+        hand_over: false,
     };
     cleanup.data_dirs.push(restored.clone());
     let report = execute(&cfg, &bins, &decoder, &p, &ropts, &mut |s| n.say(s))?;

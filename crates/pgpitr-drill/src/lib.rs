@@ -30,6 +30,8 @@ pub enum DrillError {
     Pg(#[from] pgpitr_pg::PgError),
     #[error(transparent)]
     Metrics(#[from] pgpitr_metrics::MetricsError),
+    #[error(transparent)]
+    Restore(#[from] pgpitr_restore::RestoreError),
 }
 
 pub type Result<T> = std::result::Result<T, DrillError>;
@@ -404,6 +406,7 @@ pub fn run(cfg: &Config, opts: &DrillOptions, say: &mut dyn FnMut(&str)) -> Resu
         archive: false,
         progress: opts.progress,
         pause: false,
+        hand_over: false,
     };
     let report = match execute(&rcfg, &bins, &decoder, &p, &eo, say) {
         Ok(r) => r,

@@ -64,6 +64,7 @@ pub fn clean(
             ctl.stop()?;
             found.push("stopped its scratch server");
         }
+        pgpitr_restore::access::remove(&data)?;
         remove_dir(&data)?;
         found.push("removed its restored copy");
     }
@@ -130,6 +131,7 @@ pub fn remove(bins: &Bins, account: Option<&Account>, sc: &Scratch) -> Result<()
         if ctl.is_running() {
             ctl.stop()?;
         }
+        pgpitr_restore::access::remove(&data)?;
         remove_dir(&data)?;
     }
     // The restore's log beside the copy (the drill's record keeps what each step found).

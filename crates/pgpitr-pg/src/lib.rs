@@ -368,7 +368,11 @@ impl PgCtl<'_> {
     /// the server.
     pub fn control_field(&self, field: &str) -> Result<Option<String>> {
         let mut c = command_as(&self.bins.path("pg_controldata"), self.account);
-        c.arg("-D").arg(self.data_dir).current_dir("/");
+        // Field names are translated in other locales.
+        c.arg("-D")
+            .arg(self.data_dir)
+            .env("LC_ALL", "C")
+            .current_dir("/");
         let out = run(&mut c)?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.lines().find_map(|l| {

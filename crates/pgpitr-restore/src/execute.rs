@@ -32,6 +32,11 @@ pub struct ExecuteOptions {
     /// Stop at the target without promoting (`recovery_target_action = 'pause'`): the
     /// server stays read-only until `pgpitr restore --promote --into DIR`.
     pub pause: bool,
+    /// Run as root, pgpitr starts the replay server with its own access files (see
+    /// [`crate::access`]). `true`: once promoted, restart it with its own configuration and
+    /// remove them before returning. `false`: the caller takes the server over (stops it, or
+    /// restarts it through the instance's service) and calls [`crate::access::remove`].
+    pub hand_over: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -228,7 +233,8 @@ pub fn execute(
         "starting PostgreSQL on port {} to replay WAL",
         opts.port
     ));
-    ctl.start(&log_file, "", false)?;
+    let access = crate::access::start_options(account.as_ref(), &opts.into, &cfg.postgres.user)?;
+    ctl.start(&log_file, &access, false)?;
     crate::inplace::test_hold("replay");
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
@@ -271,6 +277,9 @@ pub fn execute(
             }
         }
     };
+    if opts.hand_over && !opts.pause && crate::access::hand_over(&ctl, &log_file)? {
+        say("restarted the promoted server with its own configuration (pg_hba.conf)");
+    }
     let log = fs::read_to_string(&log_file).unwrap_or_default();
     let stop_reason = log.lines().find_map(|l| {
         l.find("recovery stopping")

@@ -706,6 +706,7 @@ fn resume_after_copy(
         archive: true,
         progress: opts.progress,
         pause: false,
+        hand_over: false,
     };
     let report = execute(cfg, bins, decoder, plan, &eopts, say)
     .map_err(|e| {
@@ -745,7 +746,9 @@ fn finish_after_restore(
     };
     if j.step == "restart" {
         if !ctl.is_running() {
-            ctl.start(&log, "", true)?;
+            // Resumed after a kill: run it as the replay ran (pgpitr's access files as root).
+            let access = crate::access::start_options(account.as_ref(), data_dir, &ep.user)?;
+            ctl.start(&log, &access, true)?;
         }
         {
             let mut c = ep.wait_connect("postgres", Duration::from_secs(30))?;
@@ -754,6 +757,7 @@ fn finish_after_restore(
         }
         say("restarting the server with the instance's own configuration");
         ctl.stop()?;
+        crate::access::remove(data_dir)?;
         match &prep.service {
             Service::Systemd { unit } => {
                 systemctl(&["start", unit])?;
@@ -770,15 +774,40 @@ fn finish_after_restore(
             Service::PgCtl => ctl.start(&log, "", true)?,
         }
     }
-    let mut client = ep
-        .wait_connect("postgres", Duration::from_secs(60))
-        .map_err(|e| {
-            RestoreError::Recovery(format!(
-                "the restored server did not come back after `{}`: {e}; see {}",
+    // Ready means the postmaster says so in postmaster.pid (no connection needed: a server
+    // whose own pg_hba.conf refuses root is still a server that came back).
+    let began = std::time::Instant::now();
+    while ctl.pm_status() != Some(pgpitr_pg::PmStatus::Ready) {
+        if began.elapsed() > Duration::from_secs(60) {
+            return Err(RestoreError::Recovery(format!(
+                "the restored server did not come back within 60 s after `{}`; see {}{}",
                 start_command(&prep.service, &ctl, &log),
-                log.display()
-            ))
-        })?;
+                log.display(),
+                match &prep.service {
+                    Service::Systemd { unit } => format!(" and journalctl -u {unit}"),
+                    Service::PgCtl => String::new(),
+                }
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut warnings = Vec::new();
+    let timeline = match ep.wait_connect("postgres", Duration::from_secs(10)) {
+        Ok(mut client) => crate::execute::current_timeline(&mut client)?,
+        Err(e) => {
+            warnings.push(format!(
+                "the restored server runs but refuses pgpitr ({e}); check its pg_hba.conf before the next base backup"
+            ));
+            ctl.control_field("Latest checkpoint's TimeLineID")?
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    RestoreError::Recovery(format!(
+                        "cannot read the timeline of {} from pg_control",
+                        data_dir.display()
+                    ))
+                })?
+        }
+    };
     let report = match report {
         Some(r) => r,
         None => RestoreReport {
@@ -790,7 +819,7 @@ fn finish_after_restore(
             stopped_at_lsn: None,
             stopped_at_time: None,
             stop_reason: None,
-            timeline: crate::execute::current_timeline(&mut client)?,
+            timeline,
             steps: Vec::new(),
             log_file: log.clone(),
             stop_command: stop_command(&prep.service, &ctl),
@@ -798,11 +827,9 @@ fn finish_after_restore(
             neutralised: Vec::new(),
         },
     };
-    drop(client);
 
     test_hold("base-backup");
     say("taking a base backup on the new timeline");
-    let mut warnings = Vec::new();
     let new_backup = match pgpitr_backup::take(cfg, &mut |s| say(s)) {
         Ok(b) => Some(b.id),
         Err(e) => {

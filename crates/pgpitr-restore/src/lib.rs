@@ -2,6 +2,7 @@
 //! the plan (backup, timeline, WAL chain, target) checked before anything is touched, and
 //! the execution (extract, configure recovery, start, replay, promote, report).
 
+pub mod access;
 pub mod execute;
 pub mod inplace;
 pub mod inventory;

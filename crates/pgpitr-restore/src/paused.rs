@@ -138,6 +138,15 @@ pub fn promote(cfg: &Config, bins: &Bins, data_dir: &Path) -> Result<RestoreRepo
     }
     reset_after_promotion(&mut c)?;
     let timeline = crate::execute::current_timeline(&mut c)?;
+    drop(c);
+    // Paused as root, the server ran with pgpitr's own access files: now it is the operator's.
+    let account = Account::for_server(&cfg.postgres.os_user)?;
+    let ctl = PgCtl {
+        bins,
+        account: account.as_ref(),
+        data_dir,
+    };
+    crate::access::hand_over(&ctl, &log_path(data_dir))?;
     report(
         cfg,
         bins,
@@ -241,7 +250,8 @@ pub fn retarget(
     }
     let log_file = log_path(data_dir);
     say(&format!("replaying on to {}", plan.target));
-    ctl.start(&log_file, "", false)?;
+    let access = crate::access::start_options(account.as_ref(), data_dir, &cfg.postgres.user)?;
+    ctl.start(&log_file, &access, false)?;
     let replayed = follow_replay(&ctl, &ep, plan, &log_file, progress, true)?;
     let (lsn, time) = (replayed.lsn, replayed.time);
     let st = Replay {

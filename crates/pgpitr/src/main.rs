@@ -642,6 +642,7 @@ fn main() -> ExitCode {
                 archive: *archive,
                 progress,
                 pause: *pause,
+                hand_over: true,
             };
             let mut report = execute(&cfg, &bins, &decoder, &p, &opts, &mut |s| say(s))?;
             sd_notify(&format!(

@@ -1,0 +1,127 @@
+//! How pgpitr reaches a server it runs itself during a restore when it runs as root.
+//!
+//! PostgreSQL refuses root, so pgpitr starts the replay server as the instance's OS user; its
+//! own connections still come from root, and the restored folder's `pg_hba.conf` (usually
+//! `peer`, as initdb writes it) refuses them: pgpitr could neither follow replay, nor reset the
+//! recovery settings it wrote, nor finish an in-place restore. Under the NixOS module the
+//! server's real access rules live outside the data folder anyway (`hba_file` in the unit's
+//! `config_file`), so the folder's own file is not what the instance uses either.
+//!
+//! For the servers pgpitr starts itself as root it writes its own access files beside the data
+//! folder (`<data>.pgpitr-hba.conf`, `<data>.pgpitr-ident.conf`, owned by the server's user,
+//! mode 0600): local peer connections only, each OS user as itself and root as the configured
+//! database user. They are passed with `-c hba_file=... -c ident_file=...` and nothing in the
+//! data folder changes. When pgpitr hands the server over (promoted, or the in-place restore
+//! starts the instance's service) it stops that server and starts it with its own
+//! configuration, and removes the files.
+
+use crate::{io_err, Result};
+use pgpitr_pg::{Account, PgCtl};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn beside(data_dir: &Path, what: &str) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    data_dir.with_file_name(format!("{name}.pgpitr-{what}.conf"))
+}
+
+/// Paths of pgpitr's own `pg_hba.conf` and `pg_ident.conf` for a server on `data_dir`.
+pub fn files(data_dir: &Path) -> [PathBuf; 2] {
+    [beside(data_dir, "hba"), beside(data_dir, "ident")]
+}
+
+/// Whether the server on `data_dir` was started with pgpitr's own access files.
+pub fn in_use(data_dir: &Path) -> bool {
+    files(data_dir).iter().any(|p| p.exists())
+}
+
+/// A value for a `postgres -c name=value` option inside pg_ctl's `-o` (pg_ctl runs the server
+/// through `/bin/sh -c`): single-quoted for the shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `postgres` options for a server pgpitr starts on `data_dir`: empty when pgpitr does not
+/// run as root (it connects as the server's own user then); as root, writes the access files
+/// and returns the options that point the server at them.
+pub fn start_options(account: Option<&Account>, data_dir: &Path, db_user: &str) -> Result<String> {
+    let Some(account) = account else {
+        return Ok(String::new());
+    };
+    let [hba, ident] = files(data_dir);
+    let hba_text =
+        "# Written by pgpitr for the server it runs during a restore (removed when it hands\n\
+                    # the server over): local peer connections, through the map below.\n\
+                    local all all peer map=pgpitr\n\
+                    local replication all peer map=pgpitr\n";
+    let ident_text = format!(
+        "# Written by pgpitr for the server it runs during a restore.\n\
+         pgpitr root {db_user}\n\
+         pgpitr /^(.*)$ \\1\n"
+    );
+    for (path, text) in [(&hba, hba_text.to_string()), (&ident, ident_text)] {
+        pgpitr_durable::write_replace_atomic(path, text.as_bytes(), 0o600)?;
+        account.chown_tree(path)?;
+    }
+    Ok(format!(
+        "-c hba_file={} -c ident_file={}",
+        shell_quote(&hba.to_string_lossy()),
+        shell_quote(&ident.to_string_lossy())
+    ))
+}
+
+/// Removes pgpitr's access files for `data_dir` (a server started with them keeps them in
+/// memory until it stops; call this once it runs with its own).
+pub fn remove(data_dir: &Path) -> Result<()> {
+    for p in files(data_dir) {
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("remove {}", p.display()))(e).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Hands a server pgpitr started with its own access files over to its own configuration:
+/// stops it, starts it again (waiting until it accepts connections) and removes the files.
+/// Nothing to do when the files are not in use.
+pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Result<bool> {
+    if !in_use(ctl.data_dir) {
+        return Ok(false);
+    }
+    if ctl.is_running() {
+        ctl.stop()?;
+        ctl.start(log_file, "", true)?;
+    }
+    remove(ctl.data_dir)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        assert_eq!(shell_quote("/var/lib/pg data"), "'/var/lib/pg data'");
+        assert_eq!(shell_quote("/a'b"), r"'/a'\''b'");
+    }
+
+    #[test]
+    fn files_live_beside_the_data_folder() {
+        let [h, i] = files(Path::new("/var/lib/postgresql/main"));
+        assert_eq!(h, Path::new("/var/lib/postgresql/main.pgpitr-hba.conf"));
+        assert_eq!(i, Path::new("/var/lib/postgresql/main.pgpitr-ident.conf"));
+    }
+
+    #[test]
+    fn not_root_means_no_options_and_no_files() {
+        let dir = std::env::temp_dir().join(format!("pgpitr-access-{}", std::process::id()));
+        assert_eq!(start_options(None, &dir, "postgres").unwrap(), "");
+        assert!(!in_use(&dir));
+    }
+}
