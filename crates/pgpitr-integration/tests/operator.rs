@@ -103,14 +103,22 @@ fn peer_auth_as_root_gives_the_servers_reason_and_restore_succeeds() {
         fs::read_to_string(into.join("pgpitr-restore.log")).unwrap()
     );
     assert_eq!(report["backup_id"], backup.as_str());
+    // The replay server ran with pgpitr's own access files (root mapped to the database
+    // user): no refused connection, the recovery settings taken back after promotion, and the
+    // server handed over to its own pg_hba.conf with the files removed.
     let fatal = fatal_lines(&into);
+    assert_eq!(fatal, Vec::<String>::new());
+    let auto = fs::read_to_string(into.join("postgresql.auto.conf")).unwrap();
     assert!(
-        fatal
-            .iter()
-            .all(|l| l.contains("Peer authentication failed"))
-            && fatal.len() <= 1,
-        "pgpitr tried to connect more than once to a server that refuses it: {fatal:?}"
+        !auto.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("recovery_target") || l.starts_with("restore_command")
+        }),
+        "{auto}"
     );
+    for f in pgpitr_restore::access::files(&into) {
+        assert!(!f.exists(), "{} left behind", f.display());
+    }
 }
 
 /// Readiness comes from postmaster.pid: the restored server's log has no FATAL line at all
