@@ -8,6 +8,7 @@ mod manifest;
 pub mod metrics;
 pub mod relnames;
 mod stream;
+pub use stream::{Meter, Metered};
 
 use chrono::{DateTime, Utc};
 use pgpitr_config::Config;
@@ -420,7 +421,14 @@ impl Drop for PipeReader {
 }
 
 /// Extracts a backup's data into `into` (which must exist and be empty).
-pub fn extract(info: &BackupInfo, backup_dir: &Path, decoder: &Decoder, into: &Path) -> Result<()> {
+/// Progress goes through `say`: a line on a terminal, else one every few seconds.
+pub fn extract(
+    info: &BackupInfo,
+    backup_dir: &Path,
+    decoder: &Decoder,
+    into: &Path,
+    say: &mut dyn FnMut(&str),
+) -> Result<()> {
     let dir = backup_dir.join(&info.id);
     for f in &info.files {
         if f.original != "base.tar" {
@@ -437,7 +445,15 @@ pub fn extract(info: &BackupInfo, backup_dir: &Path, decoder: &Decoder, into: &P
         let (reader, writer) = pipe_channel();
         std::thread::scope(|s| -> Result<()> {
             let h = s.spawn(move || decoder.decode(suffix, file, writer));
-            let mut ar = tar::Archive::new(reader);
+            let mut meter = Meter::new(
+                &format!("extracting {}", f.original),
+                Some(f.raw_bytes),
+                &mut *say,
+            );
+            let mut ar = tar::Archive::new(Metered {
+                inner: reader,
+                meter: &mut meter,
+            });
             ar.set_preserve_permissions(true);
             let r = ar.unpack(into).map_err(io_err(format!(
                 "extract {} into {}",
@@ -445,6 +461,8 @@ pub fn extract(info: &BackupInfo, backup_dir: &Path, decoder: &Decoder, into: &P
                 into.display()
             )));
             let decoded = h.join().expect("decoder thread");
+            drop(ar);
+            meter.finish();
             r?;
             let (sha, _) = decoded?;
             if sha != f.raw_sha256 {

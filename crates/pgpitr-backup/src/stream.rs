@@ -42,7 +42,7 @@ impl<'a> Meter<'a> {
             done: 0,
             started: now,
             last: now,
-            every: Duration::from_secs(5),
+            every: pgpitr_time::progress_interval(),
             tty: std::io::stderr().is_terminal(),
             say,
         }
@@ -85,6 +85,20 @@ impl<'a> Meter<'a> {
         if self.tty && self.started.elapsed() >= Duration::from_millis(250) {
             eprintln!("\r  {}   ", self.line());
         }
+    }
+}
+
+/// Reads from `inner` and counts what it read on `meter`.
+pub struct Metered<'m, 'a, R> {
+    pub inner: R,
+    pub meter: &'m mut Meter<'a>,
+}
+
+impl<R: Read> Read for Metered<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter.add(n as u64);
+        Ok(n)
     }
 }
 

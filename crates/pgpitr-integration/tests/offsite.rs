@@ -291,3 +291,26 @@ fn old_offsite_backup_gets_its_wal_from_older_snapshots() {
     let mut rdb = c.connect(5433);
     assert_eq!(tags(&mut rdb), vec!["base", "old-before"]);
 }
+
+/// Without a terminal, offsite-sync passes restic's status on as a progress line every
+/// `PGPITR_PROGRESS_SECONDS` (restic's own `RESTIC_PROGRESS_FPS`).
+#[test]
+fn sync_prints_restic_progress_without_a_terminal() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.basebackup();
+    let (cfg, _) = with_offsite(&c, 3);
+    let out = std::process::Command::new(c.tools.join("offsite-sync"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("PGPITR_PROGRESS_SECONDS", "0.02")
+        .output()
+        .unwrap();
+    let r = pgpitr_integration::Run::from(out).ok();
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("restic: ") && l.contains("% (")),
+        "{}",
+        r.stderr
+    );
+}

@@ -560,3 +560,54 @@ fn demo_ends_with_the_equivalent_restore_command() {
         r.stdout
     );
 }
+
+/// Without a terminal (journald, a pipe), every long step prints a progress line every
+/// `PGPITR_PROGRESS_SECONDS`: basebackup's streaming, restore's extraction and replay.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS tag FROM generate_series(1, 200000) g",
+    )
+    .unwrap();
+    let fast = [("PGPITR_PROGRESS_SECONDS", "0.01")];
+    let out = Command::new(c.tools.join("basebackup"))
+        .arg("--config")
+        .arg(&c.cfg_path)
+        .envs(fast)
+        .output()
+        .unwrap();
+    let b = Run::from(out).ok();
+    assert!(
+        b.stderr
+            .contains("streaming, checking and compressing base.tar:"),
+        "{}",
+        b.stderr
+    );
+    db.batch_execute("INSERT INTO t SELECT g, 'more' FROM generate_series(1, 100000) g")
+        .unwrap();
+    c.switch_and_wait(5432);
+    let into = c.root.join("restored-progress");
+    c.track(&into);
+    let r = pgpitr_env(
+        &c,
+        &fast,
+        &[
+            "restore",
+            "--to",
+            "latest",
+            "--into",
+            into.to_str().unwrap(),
+            "--port",
+            "5436",
+        ],
+    )
+    .ok();
+    assert!(r.stderr.contains("extracting base.tar:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("replayed to ") || r.stderr.contains("replaying WAL"),
+        "{}",
+        r.stderr
+    );
+}

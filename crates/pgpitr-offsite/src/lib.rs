@@ -106,6 +106,7 @@ pub fn sync(
             &[&cfg.archive.dir],
             &tags_with(cfg, &["kind:wal".into()]),
             None,
+            &mut *say,
         )?;
         report.bytes_added += s.data_added;
         report.wal = Some(s);
@@ -126,6 +127,7 @@ pub fn sync(
                 &[&cfg.backup.dir.join(&b.id)],
                 &tags_with(cfg, &["kind:base".into(), format!("backup:{}", b.id)]),
                 None,
+                &mut *say,
             )?;
             report.bytes_added += s.data_added;
             report.backups_added.push(b.id);

@@ -6,6 +6,7 @@
 //! what to do next.
 
 use serde::Deserialize;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -73,6 +74,35 @@ pub struct BackupSummary {
     pub total_files_processed: u64,
     pub total_bytes_processed: u64,
     pub snapshot_id: String,
+}
+
+/// A `status` line of `restic backup --json`.
+#[derive(Debug, Deserialize)]
+struct BackupStatus {
+    #[serde(default)]
+    percent_done: f64,
+    #[serde(default)]
+    bytes_done: u64,
+    #[serde(default)]
+    total_bytes: u64,
+    #[serde(default)]
+    files_done: u64,
+    #[serde(default)]
+    total_files: u64,
+}
+
+impl BackupStatus {
+    fn line(&self) -> String {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        format!(
+            "restic: {:.0}% ({:.1} of {:.1} MiB, {} of {} files)",
+            self.percent_done * 100.0,
+            mib(self.bytes_done),
+            mib(self.total_bytes),
+            self.files_done,
+            self.total_files
+        )
+    }
 }
 
 /// A file or folder in a snapshot (`restic ls --json`).
@@ -225,12 +255,14 @@ impl Restic {
         self.run(&["init"]).map(|_| ())
     }
 
-    /// `restic backup --json` of `paths` with `tags`.
+    /// `restic backup --json` of `paths` with `tags`. restic's status lines arrive while it
+    /// runs (every 5 s: `RESTIC_PROGRESS_FPS`) and go to `progress` as one line each.
     pub fn backup(
         &self,
         paths: &[&Path],
         tags: &[String],
         host: Option<&str>,
+        progress: &mut dyn FnMut(&str),
     ) -> Result<BackupSummary> {
         let mut args: Vec<String> = vec!["backup".into(), "--json".into()];
         for t in tags {
@@ -243,14 +275,50 @@ impl Restic {
         }
         args.extend(paths.iter().map(|p| p.display().to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.run(&refs)?;
-        out.lines()
-            .filter(|l| l.contains("\"message_type\":\"summary\""))
-            .find_map(|l| serde_json::from_str(l).ok())
-            .ok_or_else(|| ResticError::Output {
-                command: "backup".into(),
-                message: "no summary line".into(),
-            })
+        tracing::debug!("restic {}", refs.join(" "));
+        let mut child = self
+            .command(&refs)
+            .env(
+                "RESTIC_PROGRESS_FPS",
+                // One status line per progress interval (PGPITR_PROGRESS_SECONDS, default 5).
+                std::env::var("RESTIC_PROGRESS_FPS").unwrap_or_else(|_| {
+                    format!("{}", 1.0 / pgpitr_time::progress_interval().as_secs_f64())
+                }),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        });
+        let mut summary = None;
+        for line in BufReader::new(child.stdout.take().expect("piped stdout"))
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if line.contains("\"message_type\":\"summary\"") {
+                summary = serde_json::from_str::<BackupSummary>(&line).ok();
+            } else if line.contains("\"message_type\":\"status\"") {
+                if let Ok(st) = serde_json::from_str::<BackupStatus>(&line) {
+                    progress(&st.line());
+                }
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+        let stderr = err_reader.join().unwrap_or_default();
+        if !status.success() {
+            return Err(self.classify("backup".into(), stderr.trim().to_string()));
+        }
+        summary.ok_or_else(|| ResticError::Output {
+            command: "backup".into(),
+            message: "no summary line".into(),
+        })
     }
 
     /// Snapshots carrying every tag in `tags`.

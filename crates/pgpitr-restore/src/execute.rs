@@ -198,7 +198,13 @@ pub fn execute(
     fs::create_dir_all(&opts.into).map_err(io_err(format!("create {}", opts.into.display())))?;
     fs::set_permissions(&opts.into, fs::Permissions::from_mode(0o700))
         .map_err(io_err(format!("chmod {}", opts.into.display())))?;
-    pgpitr_backup::extract(&plan.backup, &cfg.backup.dir, decoder, &opts.into)?;
+    pgpitr_backup::extract(
+        &plan.backup,
+        &cfg.backup.dir,
+        decoder,
+        &opts.into,
+        &mut *say,
+    )?;
     timer.lap("extract backup");
 
     // A restore log that travelled inside the backup (older pgpitr kept it in the data
@@ -241,7 +247,15 @@ pub fn execute(
         port: opts.port,
         user: cfg.postgres.user.clone(),
     };
-    let replayed = follow_replay(&ctl, &ep, plan, &log_file, opts.progress, opts.pause)?;
+    let replayed = follow_replay(
+        &ctl,
+        &ep,
+        plan,
+        &log_file,
+        opts.progress,
+        opts.pause,
+        &mut *say,
+    )?;
     let (lsn, xact_time) = (replayed.lsn, replayed.time);
     timer.lap(if opts.pause {
         "replay to the target (paused)"
@@ -438,6 +452,7 @@ pub(crate) fn follow_replay(
     log_file: &Path,
     progress: bool,
     pause: bool,
+    say: &mut dyn FnMut(&str),
 ) -> Result<Replayed> {
     use pgpitr_pg::PmStatus;
     let start = plan.backup.start_lsn.0;
@@ -450,6 +465,14 @@ pub(crate) fn follow_replay(
     let mut last_line = String::new();
     // Set once the running server refused us: no more attempts (each one is a FATAL line).
     let mut refused = false;
+    // Without a terminal (journald, a pipe), a progress line through `say` every few seconds.
+    let mut said = Instant::now();
+    let mut periodic = |line: &str| {
+        if !progress && said.elapsed() >= pgpitr_time::progress_interval() {
+            said = Instant::now();
+            say(line.trim());
+        }
+    };
     loop {
         std::thread::sleep(Duration::from_millis(300));
         if !ctl.is_running() {
@@ -515,6 +538,10 @@ pub(crate) fn follow_replay(
                 );
                 eprint!("{l}");
             }
+            periodic(&format!(
+                "replaying WAL, {:.0} s so far",
+                began.elapsed().as_secs_f64()
+            ));
             continue;
         };
         let row = match c.query_one(
@@ -530,7 +557,7 @@ pub(crate) fn follow_replay(
         let lsn: Option<Lsn> = lsn.and_then(|s| s.parse().ok());
         let t: Option<std::time::SystemTime> = row.get(2);
         let t = t.map(DateTime::<Utc>::from);
-        if progress {
+        {
             let pct = lsn
                 .map(|l| {
                     ((l.0.saturating_sub(start)) as f64 / (end - start) as f64 * 100.0).min(100.0)
@@ -542,7 +569,8 @@ pub(crate) fn follow_replay(
                 t.map(|t| format!(", transactions up to {}", pgpitr_time::human(t)))
                     .unwrap_or_default()
             );
-            if line != last_line {
+            periodic(&line);
+            if progress && line != last_line {
                 eprint!("{line}");
                 last_line = line;
             }

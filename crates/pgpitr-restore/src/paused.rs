@@ -252,7 +252,7 @@ pub fn retarget(
     say(&format!("replaying on to {}", plan.target));
     let access = crate::access::start_options(account.as_ref(), data_dir, &cfg.postgres.user)?;
     ctl.start(&log_file, &access, false)?;
-    let replayed = follow_replay(&ctl, &ep, plan, &log_file, progress, true)?;
+    let replayed = follow_replay(&ctl, &ep, plan, &log_file, progress, true, &mut *say)?;
     let (lsn, time) = (replayed.lsn, replayed.time);
     let st = Replay {
         in_recovery: true,

@@ -351,3 +351,14 @@ mod tests {
         assert_eq!(p(&rfc3339(t)), trunc_micros(t));
     }
 }
+
+/// Seconds between progress lines when stderr is not a terminal (journald, a pipe):
+/// `PGPITR_PROGRESS_SECONDS`, default 5.
+pub fn progress_interval() -> std::time::Duration {
+    std::env::var("PGPITR_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(std::time::Duration::from_secs(5))
+}
