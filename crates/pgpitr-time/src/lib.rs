@@ -258,6 +258,17 @@ pub mod json {
     }
 }
 
+/// Seconds between progress lines when stderr is not a terminal (journald, a pipe):
+/// `PGPITR_PROGRESS_SECONDS`, default 5.
+pub fn progress_interval() -> std::time::Duration {
+    std::env::var("PGPITR_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(std::time::Duration::from_secs(5))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,15 +361,4 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-22T13:28:21.857553Z");
         assert_eq!(p(&rfc3339(t)), trunc_micros(t));
     }
-}
-
-/// Seconds between progress lines when stderr is not a terminal (journald, a pipe):
-/// `PGPITR_PROGRESS_SECONDS`, default 5.
-pub fn progress_interval() -> std::time::Duration {
-    std::env::var("PGPITR_PROGRESS_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(std::time::Duration::from_secs(5))
 }
