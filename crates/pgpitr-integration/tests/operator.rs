@@ -536,6 +536,31 @@ fn every_flag_has_help_text() {
             assert!(same_line || next_line, "{tool} {args:?}: no help for {t:?}");
         }
     }
+    // The demo makes its own cluster: its help lists no instance flag, and it refuses them.
+    let demo = Run::from(
+        Command::new(bins.join("pgpitr"))
+            .args(["demo", "--help"])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(
+        !demo.stdout.contains("--config") && !demo.stdout.contains("--instance"),
+        "{}",
+        demo.stdout
+    );
+    let r = Run::from(
+        Command::new(bins.join("pgpitr"))
+            .args(["demo", "--config", "/etc/pgpitr/main.toml"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("reads no instance config"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// The demo ends with the `pgpitr restore` command it stands for and where to read next.

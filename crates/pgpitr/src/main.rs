@@ -144,6 +144,18 @@ enum Cmd {
         /// Rows to write before the accident.
         #[arg(long, default_value_t = 12)]
         rows: usize,
+        // The demo makes its own throw-away cluster: the global instance flags mean nothing
+        // here. Declared again (same ids) so they are hidden from `demo --help` and refused.
+        #[arg(
+            long = "config",
+            short = 'c',
+            id = "config",
+            value_name = "PATH",
+            hide = true
+        )]
+        demo_config: Option<PathBuf>,
+        #[arg(long = "instance", id = "instance", value_name = "NAME", hide = true)]
+        demo_instance: Option<String>,
     },
     /// Work with the instance config file itself.
     #[command(subcommand)]
@@ -207,7 +219,17 @@ fn time_arg(flag: &str, s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     run_main("pgpitr", || match &cli.command {
-        Cmd::Demo { keep, rows } => {
+        Cmd::Demo {
+            keep,
+            rows,
+            demo_config,
+            demo_instance,
+        } => {
+            if demo_config.is_some() || demo_instance.is_some() {
+                anyhow::bail!(
+                    "pgpitr demo runs on a throw-away cluster of its own and reads no instance config: drop --config/--instance (for your instance, see `pgpitr status` and `pgpitr restore --dry-run`)"
+                );
+            }
             let out = pgpitr_demo::run_demo(&pgpitr_demo::DemoOptions {
                 keep: *keep,
                 tools_dir: tools_dir(None)?,
