@@ -67,6 +67,7 @@ pub fn archive(
             failed: Vec::new(),
         });
     }
+    prune_stale_records(&pg_wal, name);
     if let Some(sha256) = recorded(store, &pg_wal, src, name) {
         let _ = fs::remove_file(record_path(&pg_wal, name));
         return Ok(Outcome {
@@ -223,6 +224,35 @@ fn write_record(pg_wal: &Path, name: &WalName, sha: &str, id: &SourceId) -> Resu
     Ok(())
 }
 
+/// Removes the records of segments before `name` that PostgreSQL no longer has ready: the
+/// archiver hands segments over oldest first, so their call will not come (the file was
+/// archived another way, removed after a restore, or recycled). Without this, records of
+/// segments whose call never came would pile up in pg_wal.
+fn prune_stale_records(pg_wal: &Path, name: &WalName) {
+    let Ok(rd) = fs::read_dir(pg_wal.join(RECORD_DIR)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(stem) = f.to_str() else { continue };
+        let stale = match WalName::parse(stem) {
+            Some(n) => {
+                n.is_segment()
+                    && n < *name
+                    && !pg_wal
+                        .join("archive_status")
+                        .join(format!("{stem}.ready"))
+                        .exists()
+            }
+            // Not a record name: a temp file of a killed writer.
+            None => true,
+        };
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The sha256 recorded for `name` when the record matches `src` and the archive holds that
 /// object; `None` means "push it yourself".
 fn recorded(store: &Store, pg_wal: &Path, src: &Path, name: &WalName) -> Option<String> {
@@ -266,6 +296,38 @@ fn ready_after(store: &Store, pg_wal: &Path, name: &WalName, max: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_records_are_pruned_and_pending_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = dir.path();
+        fs::create_dir_all(pg_wal.join(RECORD_DIR)).unwrap();
+        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        let n = |s: &str| WalName::parse(s).unwrap();
+        for r in [
+            "000000010000000000000003", // before the call, no .ready: stale
+            "000000010000000000000004", // before the call, still ready: kept
+            "000000010000000000000009", // after the call: kept
+        ] {
+            fs::write(pg_wal.join(RECORD_DIR).join(r), "x").unwrap();
+        }
+        fs::write(pg_wal.join(RECORD_DIR).join(".tmp-killed"), "x").unwrap();
+        fs::write(
+            pg_wal.join("archive_status/000000010000000000000004.ready"),
+            "",
+        )
+        .unwrap();
+        prune_stale_records(pg_wal, &n("000000010000000000000005"));
+        let mut left: Vec<String> = fs::read_dir(pg_wal.join(RECORD_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["000000010000000000000004", "000000010000000000000009"]
+        );
+    }
 
     #[test]
     fn record_roundtrip_and_garbage() {

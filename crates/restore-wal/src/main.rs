@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     };
     if cli.prefetch_daemon {
-        let _ = (|| -> anyhow::Result<()> {
+        let r = (|| -> anyhow::Result<()> {
             let cfg = cli.config.load()?;
             let decoder = Decoder::from_config(cfg.encryption.as_ref())?;
             let data_dir = std::env::current_dir()?;
@@ -65,6 +65,13 @@ fn main() -> ExitCode {
             prefetch::run_prefetcher(&store, &decoder, &data_dir, &pg_wal, cfg.restore.prefetch)?;
             Ok(())
         })();
+        // Its stderr is pg_wal/.pgpitr-prefetch.log (see start_prefetcher).
+        if let Err(e) = r {
+            eprintln!(
+                "{} restore-wal: prefetching stopped: {e:#} (each segment is still fetched by its own call)",
+                pgpitr_time::rfc3339(chrono::Utc::now())
+            );
+        }
         return ExitCode::SUCCESS;
     }
     let result = (|| -> anyhow::Result<Restored> {
@@ -91,6 +98,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the background prefetcher's warnings go, inside pg_wal.
+const PREFETCH_LOG: &str = ".pgpitr-prefetch.log";
+
 /// Starts `restore-wal ARGS --prefetch-daemon` in its own process group, detached from
 /// PostgreSQL's call (which only waits for this process). If one is running already, the new
 /// one exits at once and the running one picks up the new request. A failure here only
@@ -101,12 +111,28 @@ fn start_prefetcher() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Not PostgreSQL's stderr: whoever reads the call's output (a script, a test) would wait
+    // for the detached prefetcher. Its warnings go to a log in pg_wal (never inside a base
+    // backup: pg_basebackup copies no file of pg_wal but WAL), kept under 1 MiB.
+    let log = (|| {
+        let cli = Cli::try_parse().ok()?;
+        let pg_wal = cli.path.parent().filter(|p| !p.as_os_str().is_empty())?;
+        let path = pg_wal.join(PREFETCH_LOG);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 1 << 20) {
+            let _ = std::fs::remove_file(&path);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    })();
     let spawned = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .arg("--prefetch-daemon")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.map(Stdio::from).unwrap_or_else(Stdio::null))
         .process_group(0)
         .spawn();
     if let Err(e) = spawned {
