@@ -56,4 +56,58 @@ scenario_inplace() {
   [ -n "$safety" ] || fail "no safety copy beside /var/lib/postgresql/main"
   ct test -s "$safety/global/pg_control" || fail "$safety is not a data folder"
   log "safety copy: $safety"
+  inplace_killed_then_resumed
+}
+
+# Killed after promotion, before the unit is started again (the replay server still runs with
+# pgpitr's own access files): `--resume` finishes it through the unit.
+inplace_killed_then_resumed() {
+  local cfg=/etc/pgpitr/main.json
+  wait_active postgresql-main.service 60
+  psql_ct 5432 -c 'create table if not exists inplace2 (x int); insert into inplace2 values (5)' >/dev/null
+  sleep 1
+  local t before after n
+  t="$(psql_ct 5432 -c 'select now()')"
+  sleep 1
+  psql_ct 5432 -c 'insert into inplace2 values (6)' >/dev/null
+  before="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
+  psql_ct 5432 -c 'select pg_switch_wal()' >/dev/null
+  for ((n = 0; n < 100; n++)); do
+    after="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
+    [ "$after" -gt "$before" ] && break
+    sleep 0.2
+  done
+  [ "$after" -gt "$before" ] || fail "main did not archive before the restore"
+  ct env PGPITR_TEST_HOLD_AT=restart /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" \
+    >"$RUN/inplace-held.out" 2>&1 &
+  for ((n = 0; n < 300; n++)); do
+    grep -q "test hold at restart" "$RUN/inplace-held.out" && break
+    sleep 0.2
+  done
+  grep -q "test hold at restart" "$RUN/inplace-held.out" || { cat "$RUN/inplace-held.out" >&2; fail "the restore never reached the restart step"; }
+  ct pkill -KILL -f "restore --in-place --to" || fail "no in-place restore to kill"
+  wait || true
+  # Killed: the next plain run refuses and names both ways out.
+  if ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" >"$RUN/inplace-refused.out" 2>&1; then
+    fail "an in-place restore ran over an interrupted one"
+  fi
+  grep -q -- "--resume" "$RUN/inplace-refused.out" && grep -q -- "--undo" "$RUN/inplace-refused.out" ||
+    { cat "$RUN/inplace-refused.out" >&2; fail "the refusal does not name --resume and --undo"; }
+  if ! ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --resume --to "$t" >"$RUN/inplace-resumed.out" 2>&1; then
+    cat "$RUN/inplace-resumed.out" >&2
+    fail "--resume did not finish the killed in-place restore"
+  fi
+  wait_active postgresql-main.service 60
+  local pid
+  pid="$(ctl show -p MainPID --value postgresql-main.service)"
+  [ "$pid" -gt 0 ] && [ "$(ct head -n1 /var/lib/postgresql/main/postmaster.pid)" = "$pid" ] ||
+    fail "after --resume the server is not the unit's main process"
+  [ "$(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace2')" = "5" ] ||
+    fail "after --resume: $(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace2')"
+  if ct sh -c 'ls /var/lib/postgresql/main.pgpitr-*.conf 2>/dev/null' | grep -q .; then
+    fail "pgpitr's access files were left beside the data folder"
+  fi
+  if ct grep -E '^[[:space:]]*(recovery_target|restore_command)' /var/lib/postgresql/main/postgresql.auto.conf; then
+    fail "recovery settings left in postgresql.auto.conf"
+  fi
 }
