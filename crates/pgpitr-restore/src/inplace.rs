@@ -1044,6 +1044,8 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
             }
         }
     }
+    // A replay server pgpitr started as root had its own access files: they go with it.
+    crate::access::remove(&data_dir)?;
     if data_dir.join("global/pg_control").is_file() && !ctl.is_running() {
         say("starting the server on the old data");
         match &j.service {
