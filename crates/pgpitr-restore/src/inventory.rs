@@ -334,7 +334,8 @@ impl Inventory {
         objects: &std::collections::HashSet<String>,
         backups: &std::collections::HashSet<String>,
     ) {
-        self.objects.retain(|o| !objects.contains(&o.name.to_string()));
+        self.objects
+            .retain(|o| !objects.contains(&o.name.to_string()));
         self.backups.retain(|b| !backups.contains(&b.id));
     }
 
@@ -377,9 +378,7 @@ impl Inventory {
                 to_lsn: x.map(|x| x.lsn),
                 from_backup: first.id.clone(),
                 newest_backup: newest.id.clone(),
-                last_segment: w
-                    .contiguous_end
-                    .map(|s| segment_name(s, seg).to_string()),
+                last_segment: w.contiguous_end.map(|s| segment_name(s, seg).to_string()),
                 cut_at: w.gaps.first().map(|g| g.first.to_string()),
             });
             Ok(())

@@ -4,13 +4,13 @@
 
 use pgpitr_config::Config;
 use pgpitr_restore::inventory::Stretch;
-use std::collections::HashSet;
 use pgpitr_wal::chain::{walk, SegmentIndex};
 use pgpitr_wal::codec::Decoder;
 use pgpitr_wal::store::Store;
 use pgpitr_wal::timeline::{parse_history, Timelines};
 use pgpitr_wal::WalName;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::io::IsTerminal;
 
 /// Smallest possible object: a zstd frame header with checksum, or an age header.
@@ -260,15 +260,10 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
 /// The windows of every timeline with segments, with what `problems` names damaged left
 /// out: a window ends before a truncated, corrupt or missing segment, a damaged backup
 /// begins none.
-fn windows(
-    cfg: &Config,
-    decoder: &Decoder,
-    problems: &[Problem],
-) -> Result<Vec<Stretch>, String> {
+fn windows(cfg: &Config, decoder: &Decoder, problems: &[Problem]) -> Result<Vec<Stretch>, String> {
     let bins = pgpitr_pg::Bins::discover(cfg.postgres.bin_dir.as_deref())
         .map_err(|e| format!("pg_waldump is needed to find each window's last transaction: {e} (set postgres.bin_dir)"))?;
-    let mut inv =
-        pgpitr_restore::Inventory::load(cfg, decoder).map_err(|e| e.to_string())?;
+    let mut inv = pgpitr_restore::Inventory::load(cfg, decoder).map_err(|e| e.to_string())?;
     let damaged = |kinds: &[&str]| -> HashSet<String> {
         problems
             .iter()
