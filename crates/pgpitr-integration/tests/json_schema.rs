@@ -160,6 +160,25 @@ fn every_json_output_follows_docs_json_md() {
          INSERT INTO t (tag) SELECT 'row' || g FROM generate_series(1, 50) g",
     )
     .unwrap();
+    // No backup yet: the window cannot be computed, and healthcheck says so in a failing
+    // check instead of leaving the window out silently.
+    let h = run(&["healthcheck", "--json"]);
+    assert_eq!(h.code, 1, "{}", h.stderr);
+    let hj = check("healthcheck", &h.stdout);
+    assert!(hj["window_oldest"].is_null(), "{hj}");
+    assert!(
+        hj["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["check"] == "wal_chain"
+                && c["ok"] == false
+                && c["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no restorable window")),
+        "{hj}"
+    );
     let b = run(&["basebackup", "--json"]).ok();
     let bj = check("basebackup", &b.stdout);
     assert!(bj["stop_time"].is_string(), "{bj}");
