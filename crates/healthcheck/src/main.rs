@@ -21,7 +21,14 @@ fn main() -> ExitCode {
     init_logging();
     let cfg = match cli.config.load() {
         Ok(c) => c,
-        Err(e) => return pgpitr_cli::fail("healthcheck", &e, 2),
+        Err(e) => {
+            if cli.json {
+                // The error document every --json run prints (docs/json.md).
+                let doc = serde_json::json!({ "ok": false, "error": pgpitr_cli::one_line(&e) });
+                println!("{doc}");
+            }
+            return pgpitr_cli::fail("healthcheck", &e, 2);
+        }
     };
     let report = pgpitr_health::run(&cfg);
     if let Some(m) = &cfg.metrics {
@@ -30,10 +37,9 @@ fn main() -> ExitCode {
         }
     }
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
+        if let Err(e) = pgpitr_cli::print_json(&report) {
+            return pgpitr_cli::fail("healthcheck", &e, 2);
+        }
     } else {
         for c in &report.checks {
             println!(
@@ -43,6 +49,9 @@ fn main() -> ExitCode {
                 c.detail
             );
         }
+    }
+    for w in &report.warnings {
+        eprintln!("healthcheck: warning: {w}");
     }
     for c in report.checks.iter().filter(|c| !c.ok) {
         eprintln!(

@@ -1,7 +1,7 @@
 //! `healthcheck`: can this instance still be recovered to a second ago? Each check says what
 //! is wrong and what to do; the result goes to stdout, stderr and the textfile metrics.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use pgpitr_config::Config;
 use pgpitr_metrics::{unix_now, Kind, MetricsFile};
 use pgpitr_pg::{Bins, Endpoint};
@@ -49,8 +49,14 @@ pub struct Report {
     pub instance: String,
     pub healthy: bool,
     pub checks: Vec<Check>,
-    pub window_oldest: Option<f64>,
-    pub window_newest: Option<f64>,
+    /// Oldest point a restore reaches (RFC 3339; the metrics carry it as unix seconds).
+    #[serde(with = "pgpitr_time::json::option")]
+    pub window_oldest: Option<DateTime<Utc>>,
+    /// Newest point a restore reaches.
+    #[serde(with = "pgpitr_time::json::option")]
+    pub window_newest: Option<DateTime<Utc>>,
+    /// What could only be approximated (never silently): printed on stderr too.
+    pub warnings: Vec<String>,
 }
 
 /// Runs every check. Checks that need the server are left out when it does not answer.
@@ -85,7 +91,8 @@ pub fn run(cfg: &Config) -> Report {
     ] {
         checks.push(free_space(check, dir, h.min_free_percent));
     }
-    let (window_oldest, window_newest, chain) = window(cfg, inv, &decoder);
+    let mut warnings = Vec::new();
+    let (window_oldest, window_newest, chain) = window(cfg, inv, &decoder, &mut warnings);
     if let Some(c) = chain {
         checks.push(c);
     }
@@ -95,6 +102,7 @@ pub fn run(cfg: &Config) -> Report {
         checks,
         window_oldest,
         window_newest,
+        warnings,
     }
 }
 
@@ -326,14 +334,16 @@ fn free_space(check: &'static str, dir: &Path, min: f64) -> Check {
     }
 }
 
-/// Restorable window (oldest, newest as unix seconds) and a WAL chain check when the archive
-/// can be read here (encrypted history needs the identity; without it the window is
-/// approximated from the catalog and the newest object's time).
+/// Restorable window (oldest, newest) and a WAL chain check when the archive can be read
+/// here (encrypted history needs the identity; without it the window is approximated from
+/// the catalog and the newest object's time, and a warning says so). A window that cannot
+/// be computed is a failing check, never silence.
 fn window(
     cfg: &Config,
     inv: pgpitr_restore::Result<Inventory>,
     decoder: &Decoder,
-) -> (Option<f64>, Option<f64>, Option<Check>) {
+    warnings: &mut Vec<String>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<Check>) {
     let bins = Bins::discover(cfg.postgres.bin_dir.as_deref()).ok();
     match inv.and_then(|inv| inv.status(bins.as_ref(), decoder)) {
         Ok(st) => match st.window {
@@ -350,11 +360,7 @@ fn window(
                         "restores past the gap are impossible: take a new base backup now, then find out what removed the segments",
                     )
                 };
-                (
-                    Some(w.oldest.timestamp() as f64),
-                    Some(w.newest.timestamp() as f64),
-                    Some(chain),
-                )
+                (Some(w.oldest), Some(w.newest), Some(chain))
             }
             None if !st.warnings.is_empty() => (
                 None,
@@ -365,18 +371,34 @@ fn window(
                     "the restorable window cannot be computed: fix what the warning names",
                 )),
             ),
-            None => (None, None, None),
+            None => (
+                None,
+                None,
+                Some(Check::fail(
+                    "wal_chain",
+                    if st.backups.is_empty() {
+                        "no restorable window: no complete base backup to start from".to_string()
+                    } else {
+                        format!(
+                            "no restorable window: no backup lies on the history of the live timeline {}",
+                            st.live_timeline
+                        )
+                    },
+                    "take a base backup now: basebackup --config <config>",
+                )),
+            ),
         },
         Err(e) => {
-            tracing::info!("restorable window approximated: {e}");
+            warnings.push(format!(
+                "restorable window approximated from the backup catalog and the newest archived object's time: {e}"
+            ));
             let catalog = pgpitr_backup::catalog(&cfg.backup.dir).unwrap_or_default();
-            let oldest = catalog.first().map(|b| b.stop_time.timestamp() as f64);
+            let oldest = catalog.first().map(|b| b.stop_time);
             let newest = Store::new(&cfg.archive.dir)
                 .list()
                 .ok()
                 .and_then(|l| l.iter().map(|o| o.mtime).max())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64());
+                .map(DateTime::<Utc>::from);
             (oldest, newest.filter(|_| oldest.is_some()), None)
         }
     }
@@ -411,6 +433,8 @@ pub fn metrics(r: &Report) -> MetricsFile {
         unix_now(),
     );
     if let (Some(o), Some(n)) = (r.window_oldest, r.window_newest) {
+        let unix = |t: DateTime<Utc>| t.timestamp_micros() as f64 / 1e6;
+        let (o, n) = (unix(o), unix(n));
         m.gauge(
             "pgpitr_restorable_window_oldest_timestamp_seconds",
             "Oldest point a restore can reach (end of the oldest backup).",

@@ -5,6 +5,7 @@
 //! README's test command does) and PostgreSQL installed; a missing piece fails loudly with
 //! the command that installs it.
 
+pub mod json_schema;
 use pgpitr_config::{
     ArchiveConfig, BackupConfig, Compression, Config, EncryptionConfig, PostgresConfig, ToolsConfig,
 };

@@ -3,6 +3,7 @@
 //! to finish (--resume) or undo (--undo); refusals change nothing. And `--pause`,
 //! `--retarget`, `--promote`.
 
+use pgpitr_integration::json_schema::{assert_valid, schemas};
 use pgpitr_integration::{rows_around_target, tags, Cluster, ClusterOptions, Run};
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -129,8 +130,18 @@ fn killed_at(step: &str, undo: bool) {
     }
 
     if undo {
-        let u = c.tool("pgpitr", &["restore", "--in-place", "--undo"]).ok();
-        assert!(u.stdout.contains("back on the old data"), "{}", u.stdout);
+        let u = c
+            .tool("pgpitr", &["restore", "--in-place", "--undo", "--json"])
+            .ok();
+        let schemas = schemas();
+        let rep = assert_valid(&schemas, "pgpitr restore --in-place --undo", &u.stdout);
+        assert!(
+            rep["undone"]
+                .as_str()
+                .unwrap()
+                .contains("back on the old data"),
+            "{rep}"
+        );
         assert_eq!(
             tags(&mut c.connect(5432)),
             vec!["a1", "keep", "lost"],
@@ -151,7 +162,8 @@ fn killed_at(step: &str, undo: bool) {
                 ],
             )
             .ok();
-        let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let schemas = schemas();
+        let rep = assert_valid(&schemas, "pgpitr restore --in-place", &r.stdout);
         assert!(rep["new_backup"].is_string(), "{step}: {rep}");
         assert_eq!(
             tags(&mut c.connect(5432)),

@@ -304,3 +304,89 @@ fn verify_names_each_kind_of_damage() {
     assert!(r.stderr.contains(&deleted.name.to_string()), "{}", r.stderr);
     assert!(!into.exists());
 }
+
+/// Issue 15 item 6: a corrupt segment in the middle of the window cuts it there (the window
+/// ends at the last transaction before the damage), verify says what to do next, and a new
+/// base backup starts a new window after the damage.
+#[test]
+fn verify_cuts_the_window_at_a_corrupt_segment_and_names_the_next_step() {
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id serial, tag text)")
+        .unwrap();
+    let b1 = c.basebackup();
+    for i in 0..4 {
+        load(&mut db, &format!("v{i}"));
+        c.switch_and_wait(5432);
+    }
+    let store = Store::new(&c.cfg.archive.dir);
+    let mut segs: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.name.is_segment())
+        .collect();
+    segs.sort_by_key(|o| o.name.to_string());
+    // Segments after the backup's own: corrupt one with intact WAL on both sides.
+    let bad = &segs[segs.len() - 3];
+    let before = &segs[segs.len() - 4];
+    let mut bytes = fs::read(&bad.path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&bad.path, bytes).unwrap();
+
+    let r = c.tool("pgpitr", &["verify", "--json"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let w = v["windows"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{v}");
+    assert_eq!(w[0]["from_backup"], b1.as_str(), "{v}");
+    assert_eq!(w[0]["cut_at"], bad.name.to_string().as_str(), "{v}");
+    assert_eq!(
+        w[0]["last_segment"],
+        before.name.to_string().as_str(),
+        "{v}"
+    );
+    let seg_size = 16u64 << 20;
+    let to_lsn: pgpitr_wal::Lsn = w[0]["to_lsn"].as_str().unwrap().parse().unwrap();
+    assert!(
+        to_lsn.segno(seg_size) < bad.name.segno(seg_size).unwrap(),
+        "the window ends before the damaged segment: {v}"
+    );
+    let from = chrono::DateTime::parse_from_rfc3339(w[0]["from"].as_str().unwrap()).unwrap();
+    let to = chrono::DateTime::parse_from_rfc3339(w[0]["to"].as_str().unwrap()).unwrap();
+    assert!(from < to, "{v}");
+    let steps: Vec<&str> = v["next_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(steps[0].contains("take a new base backup now"), "{steps:?}");
+    assert!(
+        steps.iter().any(
+            |s| s.contains("find what removed or damaged") && s.contains(&bad.name.to_string())
+        ),
+        "{steps:?}"
+    );
+    // The same in the human output.
+    let h = c.tool("pgpitr", &["verify"]);
+    assert_ne!(h.code, 0);
+    assert!(
+        h.stdout.contains(&format!("CUT at {}", bad.name))
+            && h.stdout.contains("next step: take a new base backup now"),
+        "{}",
+        h.stdout
+    );
+    // A new base backup: a second window starts after the damage and runs to the newest WAL.
+    load(&mut db, "after");
+    let b2 = c.basebackup();
+    c.switch_and_wait(5432);
+    let v: serde_json::Value =
+        serde_json::from_str(&c.tool("pgpitr", &["verify", "--json"]).stdout).unwrap();
+    let w = v["windows"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{v}");
+    assert_eq!(w[0]["cut_at"], bad.name.to_string().as_str(), "{v}");
+    assert_eq!(w[1]["from_backup"], b2.as_str(), "{v}");
+    assert!(w[1]["cut_at"].is_null(), "{v}");
+}

@@ -144,6 +144,8 @@ fn datasets_drift_snapshots_and_postgres_on_zfs() {
     );
     assert_eq!(prop(&data_ds, "atime"), "on");
     let r = c.tool("pgpitr", &["zfs", "ensure", "--fix", "--json"]).ok();
+    let schemas = pgpitr_integration::json_schema::schemas();
+    pgpitr_integration::json_schema::assert_valid(&schemas, "pgpitr zfs ensure", &r.stdout);
     assert!(r.stdout.contains("\"fixed\": true"));
     assert_eq!(prop(&data_ds, "atime"), "off");
 

@@ -19,12 +19,31 @@ pub const INNER_STAGING: &str = ".pgpitr-preseed-staging";
 /// What `pg_controldata` says about a cluster.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClusterInfo {
+    /// A string in JSON, as everywhere (64 bits do not fit a JSON number exactly).
+    #[serde(serialize_with = "as_string")]
     pub system_identifier: u64,
     pub major: u32,
+    /// pg_controldata's "Database cluster state" (`state` names the folder's state).
+    #[serde(rename = "cluster_state")]
     pub state: String,
     pub checkpoint_lsn: Option<String>,
-    pub checkpoint_time: Option<String>,
+    #[serde(with = "pgpitr_time::json::option")]
+    pub checkpoint_time: Option<chrono::DateTime<chrono::Utc>>,
     pub timeline: Option<u32>,
+}
+
+fn as_string<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
+/// pg_controldata's "Sun Nov 22 15:00:00 2026", in the local time of the machine that ran
+/// it (this one), through pgpitr-time's one reading of local time.
+fn controldata_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let naive = chrono::NaiveDateTime::parse_from_str(t.trim(), "%a %b %e %H:%M:%S %Y").ok()?;
+    let local = naive.format("%Y-%m-%d %H:%M:%S").to_string();
+    pgpitr_time::parse(&local, chrono::Utc::now())
+        .ok()
+        .map(|p| p.time)
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -201,7 +220,7 @@ pub fn parse_controldata(text: &str) -> std::result::Result<ClusterInfo, String>
         major: 0,
         state: field("Database cluster state").unwrap_or_else(|| "unknown state".into()),
         checkpoint_lsn: field("Latest checkpoint location"),
-        checkpoint_time: field("Time of latest checkpoint"),
+        checkpoint_time: field("Time of latest checkpoint").and_then(|t| controldata_time(&t)),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
     })
 }
@@ -232,6 +251,13 @@ mod tests {
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn.as_deref(), Some("0/3000028"));
         assert_eq!(c.timeline, Some(2));
+        let t = c.checkpoint_time.expect("checkpoint time parsed");
+        let local = pgpitr_time::parse("2026-11-22 15:00:00", chrono::Utc::now()).unwrap();
+        assert_eq!(t, local.time);
+        let j = serde_json::to_value(&c).unwrap();
+        assert_eq!(j["system_identifier"], "7311111111111111111");
+        assert_eq!(j["cluster_state"], "shut down");
+        assert!(j["checkpoint_time"].as_str().unwrap().ends_with('Z'), "{j}");
         assert!(parse_controldata("garbage").is_err());
     }
 

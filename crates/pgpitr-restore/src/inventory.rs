@@ -325,6 +325,116 @@ impl Inventory {
     }
 }
 
+impl Inventory {
+    /// Leaves out objects and backups known to be damaged (`pgpitr verify` found them
+    /// truncated or failing their checksum), so every window computed afterwards stops
+    /// before them as it stops before a missing segment.
+    pub fn without_damaged(
+        &mut self,
+        objects: &std::collections::HashSet<String>,
+        backups: &std::collections::HashSet<String>,
+    ) {
+        self.objects
+            .retain(|o| !objects.contains(&o.name.to_string()));
+        self.backups.retain(|b| !backups.contains(&b.id));
+    }
+
+    /// Every restorable stretch along `path`, oldest first. A stretch begins at the end of
+    /// the oldest backup on `path` whose own WAL (start to stop) is all present, runs over
+    /// contiguous segments and ends at the newest transaction before the first missing one
+    /// (`cut`); the next backup past that point begins the next stretch. With nothing
+    /// missing this is one stretch, the same as [`Inventory::window_on`] gives.
+    pub fn windows_on(
+        &self,
+        bins: &Bins,
+        decoder: &Decoder,
+        path: &[TimelineRange],
+    ) -> Result<Vec<Stretch>> {
+        let idx = self.index();
+        let seg = self.seg_size;
+        let tli = path.last().map(|r| r.tli).unwrap_or(1);
+        let on_path = History::on_path_ordered(path, &self.backups);
+        let mut out: Vec<Stretch> = Vec::new();
+        // (end segment, the stretch's newest backup's stop segment) of the open stretch.
+        let mut open: Option<(u64, u64)> = None;
+        let mut pending: Option<(&BackupInfo, ChainWalk)> = None;
+        let mut newest_in: Option<&BackupInfo> = None;
+        let finish = |first: &BackupInfo,
+                      w: &ChainWalk,
+                      newest: &BackupInfo,
+                      out: &mut Vec<Stretch>|
+         -> Result<()> {
+            let newest_stop = newest.stop_lsn.segno(seg);
+            let end = w.contiguous_end.map(|(s, _)| s).unwrap_or(newest_stop);
+            let x = self.last_xact_end(bins, decoder, path, end, newest_stop, true)?;
+            let to = x
+                .map(|x| x.time)
+                .unwrap_or(newest.stop_time)
+                .max(newest.stop_time);
+            out.push(Stretch {
+                timeline: tli,
+                from: first.stop_time,
+                to,
+                to_lsn: x.map(|x| x.lsn),
+                from_backup: first.id.clone(),
+                newest_backup: newest.id.clone(),
+                last_segment: w.contiguous_end.map(|s| segment_name(s, seg).to_string()),
+                cut_at: w.gaps.first().map(|g| g.first.to_string()),
+            });
+            Ok(())
+        };
+        for b in on_path {
+            let stop = b.stop_lsn.segno(seg);
+            if let Some((end, _)) = open {
+                if stop <= end {
+                    // Inside the open stretch: a newer backup to restore from, same window.
+                    newest_in = Some(b);
+                    open = Some((end, stop));
+                    continue;
+                }
+            }
+            let w = walk(&idx, path, b.start_lsn, None);
+            let Some((end, _)) = w.contiguous_end else {
+                continue;
+            };
+            if end < stop {
+                continue; // the backup's own WAL is incomplete: it cannot be restored
+            }
+            if let Some((first, pw)) = pending.take() {
+                finish(first, &pw, newest_in.unwrap_or(first), &mut out)?;
+            }
+            open = Some((end, stop));
+            newest_in = Some(b);
+            pending = Some((b, w));
+        }
+        if let Some((first, pw)) = pending.take() {
+            finish(first, &pw, newest_in.unwrap_or(first), &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// One restorable stretch of a timeline's history (see [`Inventory::windows_on`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stretch {
+    pub timeline: u32,
+    /// The end of `from_backup`: the oldest point a restore reaches.
+    #[serde(with = "pgpitr_time::json")]
+    pub from: DateTime<Utc>,
+    /// The newest transaction before the end of the stretch.
+    #[serde(with = "pgpitr_time::json")]
+    pub to: DateTime<Utc>,
+    pub to_lsn: Option<Lsn>,
+    pub from_backup: String,
+    /// The newest backup inside the stretch (the one a restore near `to` uses).
+    pub newest_backup: String,
+    /// The last segment reachable without a gap.
+    pub last_segment: Option<String>,
+    /// The first missing or damaged segment that ends the stretch (None: it runs to the
+    /// newest archived segment).
+    pub cut_at: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Window {
     pub timeline: u32,

@@ -2,14 +2,15 @@
 //! present with a plausible size), timeline histories consistent, no missing segment from
 //! the oldest backup to the newest WAL, backups intact; and the restorable windows.
 
-use chrono::{DateTime, Utc};
 use pgpitr_config::Config;
+use pgpitr_restore::inventory::Stretch;
 use pgpitr_wal::chain::{walk, SegmentIndex};
 use pgpitr_wal::codec::Decoder;
 use pgpitr_wal::store::Store;
 use pgpitr_wal::timeline::{parse_history, Timelines};
 use pgpitr_wal::WalName;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::io::IsTerminal;
 
 /// Smallest possible object: a zstd frame header with checksum, or an age header.
@@ -31,10 +32,15 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     pub backups_checked: usize,
     pub problems: Vec<Problem>,
-    /// "restorable A to B on timeline T[, except ...]"
-    pub windows: Vec<String>,
+    /// The restorable windows per timeline, cut at the first missing or damaged segment
+    /// (and without damaged backups): pgpitr-restore's one window model.
+    pub windows: Vec<Stretch>,
     pub gaps: usize,
     pub corrupt_objects: usize,
+    /// What to do now, in order (empty when nothing is wrong).
+    pub next_steps: Vec<String>,
+    /// What could not be computed (e.g. windows without pg_waldump).
+    pub warnings: Vec<String>,
 }
 
 pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
@@ -158,7 +164,6 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
     // Gaps per timeline, from the oldest backup on its history to its newest segment.
     let idx = SegmentIndex::new(&objects, seg);
     let mut gaps = 0;
-    let mut windows = Vec::new();
     for &t in &seg_tlis {
         let Ok(path) = timelines.path_to(t) else {
             continue;
@@ -183,25 +188,6 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
                 detail: format!("missing {g}"),
             });
         }
-        let newest = w
-            .contiguous_end
-            .map(|(s, tl)| WalName::segment(tl, s, seg).to_string())
-            .unwrap_or_else(|| "the backup's end".into());
-        let mut text = format!(
-            "timeline {t}: restorable from {} to the end of {newest}",
-            fmt(oldest.stop_time)
-        );
-        if !w.gaps.is_empty() {
-            text.push_str(&format!(
-                ", not beyond it: missing {}",
-                w.gaps
-                    .iter()
-                    .map(|g| g.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        windows.push(text);
     }
     // Backups.
     for b in &backups {
@@ -247,6 +233,15 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
             });
         }
     }
+    let mut warnings = Vec::new();
+    let windows = match windows(cfg, &decoder, &problems) {
+        Ok(w) => w,
+        Err(e) => {
+            warnings.push(format!("the restorable windows cannot be computed: {e}"));
+            Vec::new()
+        }
+    };
+    let next_steps = next_steps(cfg, &problems, &windows);
     Ok(VerifyReport {
         ok: problems.is_empty(),
         quick,
@@ -257,11 +252,114 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
         windows,
         gaps,
         corrupt_objects: corrupt,
+        next_steps,
+        warnings,
     })
 }
 
-fn fmt(t: DateTime<Utc>) -> String {
-    pgpitr_time::human(t)
+/// The windows of every timeline with segments, with what `problems` names damaged left
+/// out: a window ends before a truncated, corrupt or missing segment, a damaged backup
+/// begins none.
+fn windows(cfg: &Config, decoder: &Decoder, problems: &[Problem]) -> Result<Vec<Stretch>, String> {
+    let bins = pgpitr_pg::Bins::discover(cfg.postgres.bin_dir.as_deref())
+        .map_err(|e| format!("pg_waldump is needed to find each window's last transaction: {e} (set postgres.bin_dir)"))?;
+    let mut inv = pgpitr_restore::Inventory::load(cfg, decoder).map_err(|e| e.to_string())?;
+    let damaged = |kinds: &[&str]| -> HashSet<String> {
+        problems
+            .iter()
+            .filter(|p| kinds.contains(&p.kind))
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    inv.without_damaged(&damaged(&["truncated", "corrupt"]), &damaged(&["backup"]));
+    let mut tlis: Vec<u32> = inv
+        .objects
+        .iter()
+        .filter(|o| o.name.is_segment())
+        .map(|o| o.name.tli())
+        .collect();
+    tlis.sort();
+    tlis.dedup();
+    let mut out = Vec::new();
+    for t in tlis {
+        let Ok(path) = inv.history.path_to(t) else {
+            continue; // reported as a history problem
+        };
+        out.extend(
+            inv.windows_on(&bins, decoder, &path)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// What the operator does next, given what is damaged and where the windows now end.
+fn next_steps(cfg: &Config, problems: &[Problem], windows: &[Stretch]) -> Vec<String> {
+    let mut steps = Vec::new();
+    if problems.is_empty() {
+        return steps;
+    }
+    let config = "basebackup --config <config>";
+    let cuts: Vec<&Stretch> = windows.iter().filter(|w| w.cut_at.is_some()).collect();
+    let damaged_backups: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.kind == "backup")
+        .map(|p| p.name.as_str())
+        .collect();
+    let bad_objects: Vec<&str> = problems
+        .iter()
+        .filter(|p| matches!(p.kind, "gap" | "truncated" | "corrupt"))
+        .map(|p| p.name.as_str())
+        .collect();
+    if !cuts.is_empty() || !damaged_backups.is_empty() || windows.is_empty() {
+        let mut s = format!(
+            "take a new base backup now ({config}) so the restorable window restarts after the damage"
+        );
+        for w in &cuts {
+            s.push_str(&format!(
+                "; until then timeline {} restores only up to {} (the window is cut at {})",
+                w.timeline,
+                pgpitr_time::human(w.to),
+                w.cut_at.as_deref().unwrap_or("?")
+            ));
+        }
+        steps.push(s);
+    }
+    if !bad_objects.is_empty() {
+        steps.push(format!(
+            "find what removed or damaged {} in {} (disk errors in dmesg, a manual clean-up, a second server archiving into the same folder) before it strikes again; keep the damaged files for inspection",
+            bad_objects.join(", "),
+            cfg.archive.dir.display()
+        ));
+    }
+    for b in &damaged_backups {
+        steps.push(format!(
+            "backup {b} is damaged: no restore can start from it; once a new backup verifies, move {} aside and find what damaged it",
+            cfg.backup.dir.join(b).display()
+        ));
+    }
+    if problems.iter().any(|p| p.kind == "history") {
+        steps.push(
+            "restore the missing or damaged timeline history file into the archive (PostgreSQL's pg_wal of the server that created the timeline still has it), else restores cannot follow that timeline".into(),
+        );
+    }
+    steps
+}
+
+fn fmt_window(w: &Stretch) -> String {
+    let mut s = format!(
+        "timeline {}: restorable from {} to {} (backups {}..{}",
+        w.timeline,
+        pgpitr_time::human(w.from),
+        pgpitr_time::human(w.to),
+        w.from_backup,
+        w.newest_backup
+    );
+    match &w.cut_at {
+        Some(c) => s.push_str(&format!("), CUT at {c}: not beyond it")),
+        None => s.push(')'),
+    }
+    s
 }
 
 /// `pgpitr_verify_*` metrics.
@@ -319,10 +417,16 @@ impl std::fmt::Display for VerifyReport {
             self.backups_checked
         )?;
         for w in &self.windows {
-            writeln!(f, "{w}")?;
+            writeln!(f, "{}", fmt_window(w))?;
         }
         for p in &self.problems {
             writeln!(f, "PROBLEM {}: {}: {}", p.kind, p.name, p.detail)?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        for s in &self.next_steps {
+            writeln!(f, "next step: {s}")?;
         }
         write!(
             f,
