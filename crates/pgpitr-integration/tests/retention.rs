@@ -389,4 +389,25 @@ fn verify_cuts_the_window_at_a_corrupt_segment_and_names_the_next_step() {
     assert_eq!(w[0]["cut_at"], bad.name.to_string().as_str(), "{v}");
     assert_eq!(w[1]["from_backup"], b2.as_str(), "{v}");
     assert!(w[1]["cut_at"].is_null(), "{v}");
+    // The damaged segment gone: `status` (same computation) starts its window at b2 and lists
+    // the stretch from b1 that the gap ends.
+    fs::remove_file(&bad.path).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&c.tool("pgpitr", &["status", "--json"]).ok().stdout).unwrap();
+    let win = &st["window"];
+    let b2_stop = v["windows"][1]["from"].as_str().unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(win["oldest"].as_str().unwrap()).unwrap(),
+        chrono::DateTime::parse_from_rfc3339(b2_stop).unwrap(),
+        "{st}"
+    );
+    let earlier = win["earlier"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1, "{st}");
+    assert_eq!(earlier[0]["from_backup"], b1.as_str(), "{st}");
+    assert_eq!(earlier[0]["cut_at"], bad.name.to_string().as_str(), "{st}");
+    let human = c.tool("pgpitr", &["status"]).ok().stdout;
+    assert!(
+        human.contains(&format!("a gap at {} ends it", bad.name)),
+        "{human}"
+    );
 }

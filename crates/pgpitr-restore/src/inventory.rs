@@ -285,8 +285,11 @@ impl Inventory {
 }
 
 impl Inventory {
-    /// The restorable window along `path` up to the newest archived transaction, starting
-    /// at the oldest backup on it; `newest` is the newest backup on `path`.
+    /// The restorable window along `path`: the newest of its stretches ([`Inventory::windows_on`],
+    /// the one computation of restorable time), with the older stretches a gap separates from
+    /// it in `earlier`. `newest` is the newest backup on `path`; when no backup on `path` can
+    /// be restored (its own WAL is incomplete) the window is that backup's end alone, with the
+    /// gaps that make it so.
     pub fn window_on(
         &self,
         bins: &Bins,
@@ -298,29 +301,28 @@ impl Inventory {
         let tli = path.last().map(|r| r.tli).unwrap_or(b.timeline);
         let stop_seg = b.stop_lsn.segno(self.seg_size);
         let w = self.walk_from_lsn(path, Lsn((stop_seg + 1) * self.seg_size));
-        let oldest = self
-            .backups
-            .iter()
-            .filter(|x| Self::backup_on_path(x, path))
-            .map(|x| x.stop_time)
-            .min()
-            .unwrap_or(b.stop_time)
-            .min(b.stop_time);
-        let end = w.contiguous_end.map(|(s, _)| s).unwrap_or(stop_seg);
-        let newest_xact = self.last_xact_end(bins, decoder, path, end, stop_seg, true)?;
-        // Never inverted: the window ends no earlier than the newest backup on this history.
-        let newest_time = newest_xact
-            .map(|x| x.time)
-            .unwrap_or(b.stop_time)
-            .max(b.stop_time)
-            .max(oldest);
+        let gaps = w.gaps.iter().map(|g| g.to_string()).collect();
+        let mut stretches = self.windows_on(bins, decoder, path)?;
+        let Some(last) = stretches.pop() else {
+            return Ok(Window {
+                timeline: tli,
+                oldest: b.stop_time,
+                newest: b.stop_time,
+                newest_lsn: None,
+                newest_backup: b.id.clone(),
+                gaps,
+                earlier: Vec::new(),
+            });
+        };
         Ok(Window {
-            timeline: tli,
-            oldest,
-            newest: newest_time,
-            newest_lsn: newest_xact.map(|x| x.lsn),
-            newest_backup: b.id.clone(),
-            gaps: w.gaps.iter().map(|g| g.to_string()).collect(),
+            timeline: last.timeline,
+            oldest: last.from,
+            // Never inverted: the window ends no earlier than where it starts.
+            newest: last.to.max(last.from),
+            newest_lsn: last.to_lsn,
+            newest_backup: last.newest_backup,
+            gaps,
+            earlier: stretches,
         })
     }
 }
@@ -438,12 +440,17 @@ pub struct Stretch {
 #[derive(Debug, Serialize)]
 pub struct Window {
     pub timeline: u32,
+    #[serde(with = "pgpitr_time::json")]
     pub oldest: DateTime<Utc>,
+    #[serde(with = "pgpitr_time::json")]
     pub newest: DateTime<Utc>,
     pub newest_lsn: Option<Lsn>,
     /// The newest backup on this timeline's history.
     pub newest_backup: String,
     pub gaps: Vec<String>,
+    /// Older restorable stretches of the same history, each ended by a missing or damaged
+    /// segment that also separates it from this window (oldest first; empty without gaps).
+    pub earlier: Vec<Stretch>,
 }
 
 #[derive(Debug, Serialize)]
@@ -452,7 +459,9 @@ pub struct BackupSummary {
     pub timeline: u32,
     /// On the live timeline's history (false: on an abandoned branch).
     pub live: bool,
+    #[serde(with = "pgpitr_time::json")]
     pub start_time: DateTime<Utc>,
+    #[serde(with = "pgpitr_time::json")]
     pub stop_time: DateTime<Utc>,
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
@@ -473,6 +482,7 @@ pub struct Status {
     pub wal_raw_bytes: u64,
     pub compression_ratio: f64,
     pub newest_segment: Option<String>,
+    #[serde(with = "pgpitr_time::json::option")]
     pub newest_segment_archived_at: Option<DateTime<Utc>>,
     pub timelines: Vec<u32>,
     /// The timeline the archive's history leads to.
@@ -555,6 +565,16 @@ impl std::fmt::Display for Status {
                     w.timeline,
                     w.newest_backup
                 )?;
+                for e in &w.earlier {
+                    writeln!(
+                        f,
+                        "also restorable from {} to {} (backup {}; a gap at {} ends it)",
+                        fmt_time(e.from),
+                        fmt_time(e.to),
+                        e.from_backup,
+                        e.cut_at.as_deref().unwrap_or("?")
+                    )?;
+                }
                 for g in &w.gaps {
                     writeln!(f, "  missing: {g}")?;
                 }
