@@ -1,6 +1,8 @@
 # What the rig renders: two instances as a user would declare them, with the container's
 # paths standing in for store paths (/opt/pgpitr/bin holds the workspace's built binaries,
 # Debian's PostgreSQL 15 stands in for nixpkgs' postgresql_15).
+# sealedRecipient: the age recipient of the identity run.sh made for `sealed` (age-keygen).
+{ sealedRecipient }:
 let
   onFailure = [ "pgpitr-rig-failed@%n.service" ];
   textfileDir = "/var/lib/pgpitr-rig/metrics";
@@ -55,6 +57,23 @@ import ./render.nix {
       port = 5434;
       inherit healthCheck;
       preseed = { enable = true; methods = [ "archive" "empty" ]; };
+    };
+    # The encrypted instance (scenarios/10-drill.sh): its archive and backups are encrypted
+    # to an identity only root can read, and its drill restores from the off-site copy, so
+    # the drill unit needs the identity and restic's password through LoadCredential=.
+    sealed = {
+      port = 5435;
+      inherit onFailure healthCheck;
+      backup.encryption = {
+        recipients = [ sealedRecipient ];
+        identityFile = "/etc/pgpitr-rig-secrets/age-identity";
+      };
+      backup.restic = {
+        enable = true;
+        repository = "/var/lib/pgpitr-rig/restic-sealed";
+        passwordFile = "/etc/pgpitr-rig-secrets/restic-password";
+      };
+      drill = { enable = true; from = "offsite"; };
     };
   };
   extraUnits = {
