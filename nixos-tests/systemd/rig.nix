@@ -2,7 +2,8 @@
 # paths standing in for store paths (/opt/pgpitr/bin holds the workspace's built binaries,
 # Debian's PostgreSQL 15 stands in for nixpkgs' postgresql_15).
 # sealedRecipient: the age recipient of the identity run.sh made for `sealed` (age-keygen).
-{ sealedRecipient }:
+# renderArgs: extra arguments for render.nix (../eval/compare-units.nix passes asFiles).
+{ sealedRecipient, renderArgs ? { } }:
 let
   onFailure = [ "pgpitr-rig-failed@%n.service" ];
   textfileDir = "/var/lib/pgpitr-rig/metrics";
@@ -10,7 +11,7 @@ let
   # 10% free-space limit; the rig tests the units, not the host's free space.
   healthCheck.settings.min_free_percent = 1.0;
 in
-import ./render.nix {
+import ./render.nix (renderArgs // {
   pgMajor = "15";
   paths = {
     pgpitr = "/opt/pgpitr";
@@ -109,4 +110,4 @@ import ./render.nix {
       ExecStart=/bin/sh -ec 'for i in 1 2 3 4 5 6 7 8 9 10; do /usr/sbin/zpool list >/dev/null 2>&1 && break; sleep 0.5; done; /usr/sbin/zpool list rig >/dev/null 2>&1 || /usr/sbin/zpool import -d /var/lib/pgpitr-rig/zpool rig || /usr/sbin/zpool create -m none rig /var/lib/pgpitr-rig/zpool/disk; /usr/sbin/zfs list rig/pg >/dev/null 2>&1 || /usr/sbin/zfs create -o mountpoint=none rig/pg; /usr/sbin/zfs mount -a'
     '';
   };
-}
+})
