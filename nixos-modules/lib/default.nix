@@ -250,6 +250,15 @@ let
         src = i.databases.${db}.ownerPasswordFile or null;
       }) (attrNames i.databases));
       loadCredential = creds: map (c: "${c.id}:${toString c.src}") creds;
+      # The drill restores as postgres, so it cannot read the root-only sources either: it
+      # gets the identity (to decrypt the archive) and, drilling from off-site, restic's
+      # secrets under the same names, and pgpitr reads a credential of that name in place
+      # of the path the config names (Config::use_credentials, docs/nixos.md).
+      drillOffsite = i.drill.from == "offsite";
+      drillCreds =
+        optional (encrypted && b.encryption.identityFile != null)
+          { id = "age-identity"; src = b.encryption.identityFile; }
+        ++ optionals drillOffsite offsiteCreds;
 
       # ---- the instance config file (crates/pgpitr-config) ----
       configFile = {
@@ -624,8 +633,23 @@ let
             + optionalString (i.drill.from != null) " --from ${i.drill.from}";
           # The scratch copy, drills.jsonl and the backup lock in backup.dir, the scratch
           # server's socket; archive.dir is only read (ProtectSystem=strict leaves it readable).
-          rw = [ i.drill.scratchDir b.baseBackup.dir socketDir ] ++ metricsRw;
-          after = [ serverUnit ] ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service";
+          rw = [ i.drill.scratchDir b.baseBackup.dir socketDir ] ++ metricsRw
+            # restic takes its lock inside a local repository.
+            ++ optional (drillOffsite && restic && b.restic.repository != null
+              && hasPrefix "/" b.restic.repository) b.restic.repository;
+          after = [ serverUnit ] ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service"
+            ++ optional drillOffsite "network-online.target";
+          creds = drillCreds;
+          extra = optionalAttrs drillOffsite {
+            wants = [ "network-online.target" ];
+          } // optionalAttrs (drillOffsite && restic) {
+            path = [ paths.restic ];
+          };
+          serviceExtra = optionalAttrs (drillOffsite && restic) {
+            # The off-site job's cache: restic reuses what it already knows of the repository.
+            CacheDirectory = "pgpitr-offsite-${name}";
+            Environment = [ "RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-${name}" ];
+          };
         };
       }
       // optionalAttrs preseed {

@@ -173,6 +173,36 @@ let
       databases."odd name".ownerPasswordFile = "/run/keys/odd";
     };
     initdbArgs = (serverOf "main" { initdbArgs = [ "--locale=C.UTF-8" "--waldir=/srv/my wal" "--x='; rm -rf /'" ]; }).preStart;
+    # The drill gets the root-only identity (and, from off-site, restic's secrets) through
+    # LoadCredential= under the names pgpitr reads in place of the config's paths.
+    drillSecrets = {
+      local = mk "dl" {
+        backup.encryption = {
+          recipients = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+          identityFile = "/run/keys/dl.age";
+        };
+        backup.restic = { enable = true; repository = "/mnt/offsite/dl"; passwordFile = "/run/keys/restic-dl"; };
+        drill.enable = true;
+      };
+      offsite = mk "do" {
+        backup.encryption = {
+          recipients = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+          identityFile = "/run/keys/do.age";
+        };
+        backup.restic = {
+          enable = true;
+          repository = "/mnt/offsite/do";
+          passwordFile = "/run/keys/restic-do";
+          environmentFile = "/run/keys/restic-do.env";
+        };
+        drill = { enable = true; from = "offsite"; };
+      };
+      # Recipients only (the identity is kept elsewhere): nothing to hand over.
+      plain = mk "dn" {
+        backup.encryption.recipients = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+        drill.enable = true;
+      };
+    };
     drillPreseed = mk "dp" {
       drill = { enable = true; port = 5499; from = "offsite"; };
       preseed = { enable = true; methods = [ "syncoid" ]; syncoid.source = "old:tank/pg"; };

@@ -22,6 +22,8 @@
 , pgMajor ? "15"
 , paths                           # { pgpitr; postgresql; restic; } stand-ins for store paths
 , extraUnits ? { }                # { "<file name>" = "unit text"; } added verbatim (rig helpers)
+, asFiles ? false                 # true: { files; built; } instead of the install script
+                                  # (../eval/compare-units.nix compares the unit texts)
 }:
 let
   inherit (builtins) attrNames concatStringsSep concatMap isBool isInt isList isString
@@ -54,7 +56,8 @@ let
 
   unitSection = u: extraTriggers:
     section "Unit" (
-      { Description = u.description or ""; }
+      # As nixpkgs' systemd-lib.nix: no Description= line for an empty description.
+      optAttr ((u.description or "") != "") "Description" u.description
       // optAttr ((u.after or [ ]) != [ ]) "After" (joined u.after)
       // optAttr ((u.before or [ ]) != [ ]) "Before" (joined u.before)
       // optAttr ((u.wants or [ ]) != [ ]) "Wants" (joined u.wants)
@@ -80,7 +83,8 @@ let
           // optAttr ((u.restartIfChanged or true) == false) "X-RestartIfChanged" false
           // sc
           // optAttr (sc ? Environment) "Environment"
-            (map (k: "\"${k}=${env.${k}}\"") (attrNames env) ++ map (e: "\"${e}\"") sc.Environment)
+            # serviceConfig.Environment entries as written (NixOS' attrsToSection adds no quotes).
+            (map (k: "\"${k}=${env.${k}}\"") (attrNames env) ++ sc.Environment)
           // optAttr (pre != [ ]) "ExecStartPre" (map (f: f.path) pre)
           // optAttr (post != [ ]) "ExecStartPost" (map (f: f.path) post));
     in
@@ -137,4 +141,5 @@ let
   '' + concatStringsSep "" (map writeFile files)
     + concatStringsSep "" (map writeLink (concatMap (x: x.links) all));
 in
-builtins.toFile "pgpitr-rig-install.sh" script
+if asFiles then { inherit files built; }
+else builtins.toFile "pgpitr-rig-install.sh" script

@@ -1,6 +1,9 @@
 # What the rig renders: two instances as a user would declare them, with the container's
 # paths standing in for store paths (/opt/pgpitr/bin holds the workspace's built binaries,
 # Debian's PostgreSQL 15 stands in for nixpkgs' postgresql_15).
+# sealedRecipient: the age recipient of the identity run.sh made for `sealed` (age-keygen).
+# renderArgs: extra arguments for render.nix (../eval/compare-units.nix passes asFiles).
+{ sealedRecipient, renderArgs ? { } }:
 let
   onFailure = [ "pgpitr-rig-failed@%n.service" ];
   textfileDir = "/var/lib/pgpitr-rig/metrics";
@@ -8,7 +11,7 @@ let
   # 10% free-space limit; the rig tests the units, not the host's free space.
   healthCheck.settings.min_free_percent = 1.0;
 in
-import ./render.nix {
+import ./render.nix (renderArgs // {
   pgMajor = "15";
   paths = {
     pgpitr = "/opt/pgpitr";
@@ -56,6 +59,23 @@ import ./render.nix {
       inherit healthCheck;
       preseed = { enable = true; methods = [ "archive" "empty" ]; };
     };
+    # The encrypted instance (scenarios/10-drill.sh): its archive and backups are encrypted
+    # to an identity only root can read, and its drill restores from the off-site copy, so
+    # the drill unit needs the identity and restic's password through LoadCredential=.
+    sealed = {
+      port = 5435;
+      inherit onFailure healthCheck;
+      backup.encryption = {
+        recipients = [ sealedRecipient ];
+        identityFile = "/etc/pgpitr-rig-secrets/age-identity";
+      };
+      backup.restic = {
+        enable = true;
+        repository = "/var/lib/pgpitr-rig/restic-sealed";
+        passwordFile = "/etc/pgpitr-rig-secrets/restic-password";
+      };
+      drill = { enable = true; from = "offsite"; };
+    };
   };
   extraUnits = {
     # The OnFailure= target of both instances: records which unit failed.
@@ -90,4 +110,4 @@ import ./render.nix {
       ExecStart=/bin/sh -ec 'for i in 1 2 3 4 5 6 7 8 9 10; do /usr/sbin/zpool list >/dev/null 2>&1 && break; sleep 0.5; done; /usr/sbin/zpool list rig >/dev/null 2>&1 || /usr/sbin/zpool import -d /var/lib/pgpitr-rig/zpool rig || /usr/sbin/zpool create -m none rig /var/lib/pgpitr-rig/zpool/disk; /usr/sbin/zfs list rig/pg >/dev/null 2>&1 || /usr/sbin/zfs create -o mountpoint=none rig/pg; /usr/sbin/zfs mount -a'
     '';
   };
-}
+})

@@ -14,9 +14,10 @@ repo="$(cd "$here/../.." && pwd)"
 . "$here/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "rig: run as root (it boots a container)" >&2; exit 1; }
-for c in debootstrap systemd-nspawn nsenter nix-instantiate; do
+for c in debootstrap systemd-nspawn nsenter nix-instantiate age-keygen; do
   if ! command -v "$c" >/dev/null 2>&1; then
     case "$c" in
+      age-keygen) echo "rig: \`$c\` is missing. Install it with: apt-get install -y age" >&2 ;;
       nix-instantiate) echo "rig: \`$c\` is missing. Install it with: apt-get install -y nix-bin" >&2 ;;
       nsenter) echo "rig: \`$c\` is missing. Install it with: apt-get install -y util-linux" >&2 ;;
       *) echo "rig: \`$c\` is missing. Install it with: apt-get install -y debootstrap systemd-container" >&2 ;;
@@ -72,9 +73,14 @@ trap 'exit 130' INT TERM
 mkdir -p "$ROOT" "$RUN/upper" "$RUN/work"
 mount -t overlay pgpitr-rig -o "lowerdir=$rootfs,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT"
 MOUNTED=1
-install_script="$(nix-instantiate --eval --read-write-mode "$here/rig.nix" | tr -d '"')"
+# The identity of the encrypted instance `sealed`: made fresh for each run, root-only.
+mkdir -p "$ROOT/etc/pgpitr-rig-secrets"
+(umask 077; age-keygen -o "$ROOT/etc/pgpitr-rig-secrets/age-identity" 2>/dev/null)
+sealed_recipient="$(age-keygen -y "$ROOT/etc/pgpitr-rig-secrets/age-identity")"
+install_script="$(nix-instantiate --eval --read-write-mode "$here/rig.nix" \
+  --argstr sealedRecipient "$sealed_recipient" | tr -d '"')"
 sh "$install_script" "$ROOT"
-mkdir -p "$ROOT/opt/pgpitr/bin" "$ROOT/var/lib/pgpitr-rig/zpool" "$ROOT/etc/pgpitr-rig-secrets"
+mkdir -p "$ROOT/opt/pgpitr/bin" "$ROOT/var/lib/pgpitr-rig/zpool"
 truncate -s 1G "$ROOT/var/lib/pgpitr-rig/zpool/disk"
 # Secrets: root-only files, read by PID 1 (LoadCredential=), never by the postgres uid.
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ROOT/etc/pgpitr-rig-secrets/restic-password"
@@ -82,9 +88,11 @@ head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ROOT/etc/pgpitr-rig-secre
 chmod 0700 "$ROOT/etc/pgpitr-rig-secrets"
 chmod 0400 "$ROOT"/etc/pgpitr-rig-secrets/*
 # The restic repository, made by the operator before the first off-site run.
-chroot "$ROOT" sh -c 'mkdir -p /var/lib/pgpitr-rig/restic && chown postgres:postgres /var/lib/pgpitr-rig/restic && \
-  RESTIC_PASSWORD_FILE=/etc/pgpitr-rig-secrets/restic-password restic -q init -r /var/lib/pgpitr-rig/restic >/dev/null && \
-  chown -R postgres:postgres /var/lib/pgpitr-rig/restic'
+for repo in restic restic-sealed; do
+  chroot "$ROOT" sh -c "mkdir -p /var/lib/pgpitr-rig/$repo && \
+    RESTIC_PASSWORD_FILE=/etc/pgpitr-rig-secrets/restic-password restic -q init -r /var/lib/pgpitr-rig/$repo >/dev/null && \
+    chown -R postgres:postgres /var/lib/pgpitr-rig/$repo"
+done
 # The container gets the sys-* mounts read-only; no getty on the console.
 chroot "$ROOT" systemctl mask console-getty.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 

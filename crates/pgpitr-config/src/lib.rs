@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 /// Folder searched by `--instance NAME` unless `PGPITR_CONFIG_DIR` is set.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/pgpitr";
 
+/// Set by systemd for a unit with `LoadCredential=`: the folder holding its credentials.
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Credential names that stand in for secret paths of the config ([`Config::use_credentials`]).
+pub const CRED_AGE_IDENTITY: &str = "age-identity";
+pub const CRED_RESTIC_PASSWORD: &str = "restic-password";
+pub const CRED_RESTIC_ENVIRONMENT: &str = "restic-environment";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -596,9 +603,41 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg = Self::parse(path, &text)?;
+        let mut cfg = Self::parse(path, &text)?;
         cfg.validate(path)?;
+        if let Some(dir) = std::env::var_os(CREDENTIALS_ENV) {
+            cfg.use_credentials(Path::new(&dir));
+        }
         Ok(cfg)
+    }
+
+    /// Points secret paths the config names at this systemd unit's copies of them: under a
+    /// unit with `LoadCredential=` (`$CREDENTIALS_DIRECTORY` set), a credential named
+    /// [`CRED_AGE_IDENTITY`], [`CRED_RESTIC_PASSWORD`] or [`CRED_RESTIC_ENVIRONMENT`] takes the
+    /// place of `encryption.identity_file`, `offsite.password_file` or
+    /// `offsite.environment_file`. Only a key the config sets is replaced (a credential never
+    /// adds a secret the config does not name), so the source files can stay root-only while
+    /// the job runs as the server's user. Returns the keys replaced.
+    pub fn use_credentials(&mut self, dir: &Path) -> Vec<&'static str> {
+        let mut used = Vec::new();
+        let cred = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        if let Some(enc) = &mut self.encryption {
+            if let (Some(f), Some(c)) = (&mut enc.identity_file, cred(CRED_AGE_IDENTITY)) {
+                *f = c;
+                used.push("encryption.identity_file");
+            }
+        }
+        if let Some(o) = &mut self.offsite {
+            if let Some(c) = cred(CRED_RESTIC_PASSWORD) {
+                o.password_file = c;
+                used.push("offsite.password_file");
+            }
+            if let (Some(f), Some(c)) = (&mut o.environment_file, cred(CRED_RESTIC_ENVIRONMENT)) {
+                *f = c;
+                used.push("offsite.environment_file");
+            }
+        }
+        used
     }
 
     /// Resolves `--instance NAME` to `$PGPITR_CONFIG_DIR/NAME.{toml,json}`.
@@ -806,6 +845,45 @@ dir = "/srv/wal"
 [backup]
 dir = "/srv/backup"
 "#;
+
+    #[test]
+    fn credentials_replace_only_the_secret_paths_the_config_names() {
+        let dir = std::env::temp_dir().join(format!("pgpitr-config-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in [CRED_AGE_IDENTITY, CRED_RESTIC_PASSWORD] {
+            std::fs::write(dir.join(n), "x").unwrap();
+        }
+        let text = format!(
+            "{GOOD}[encryption]\nrecipients = [\"age1x\"]\nidentity_file = \"/root/key.age\"\n\
+             [offsite]\nrepository = \"/r\"\npassword_file = \"/root/pw\"\n"
+        );
+        let mut c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        let used = c.use_credentials(&dir);
+        assert_eq!(used, ["encryption.identity_file", "offsite.password_file"]);
+        let enc = c.encryption.as_ref().unwrap();
+        assert_eq!(
+            enc.identity_file.as_deref(),
+            Some(dir.join(CRED_AGE_IDENTITY).as_path())
+        );
+        let o = c.offsite.as_ref().unwrap();
+        assert_eq!(o.password_file, dir.join(CRED_RESTIC_PASSWORD));
+        // No environment file in the config: the credential (absent here anyway) adds none.
+        std::fs::write(dir.join(CRED_RESTIC_ENVIRONMENT), "x").unwrap();
+        assert!(!c
+            .use_credentials(&dir)
+            .contains(&"offsite.environment_file"));
+        assert!(c.offsite.as_ref().unwrap().environment_file.is_none());
+        // No identity in the config, or no credential: nothing changes.
+        let mut plain = Config::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert!(plain.use_credentials(&dir).is_empty());
+        let mut keep = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert!(keep.use_credentials(&dir.join("missing")).is_empty());
+        assert_eq!(
+            keep.encryption.unwrap().identity_file.as_deref(),
+            Some(Path::new("/root/key.age"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn toml_defaults() {

@@ -829,20 +829,29 @@ fn check_heartbeat(
             .push("RPO not measured: drill.heartbeat is off".into());
         return (None, None);
     }
+    // archive_timeout is what the instance promises: read it from the instance. The scratch
+    // copy's own setting is whatever its base backup carried (under the NixOS module, whose
+    // config_file lies outside the data folder, initdb's default 0), so it is only the
+    // fallback when the instance cannot be reached (an off-site drill on a rebuilt host).
+    let instance = Endpoint {
+        socket_dir: cfg.postgres.socket_dir.clone(),
+        port: cfg.postgres.port,
+        user: cfg.postgres.user.clone(),
+    };
+    let from_instance = instance
+        .connect(pgpitr_pg::heartbeat::DATABASE)
+        .and_then(|mut c| archive_timeout_of(&mut c));
     let read = ep
         .connect(pgpitr_pg::heartbeat::DATABASE)
         .and_then(|mut c| {
             let beat = pgpitr_pg::heartbeat::read(&mut c)?;
-            let timeout: i32 = c
-                .query_one(
-                    "SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout'",
-                    &[],
-                )
-                .map_err(pgpitr_pg::PgError::from)?
-                .get(0);
+            let timeout = match &from_instance {
+                Ok(t) => (*t, "the instance"),
+                Err(_) => (archive_timeout_of(&mut c)?, "the restored copy"),
+            };
             Ok((beat, timeout))
         });
-    let (beat, archive_timeout) = match read {
+    let (beat, (archive_timeout, timeout_source)) = match read {
         Ok(x) => x,
         Err(e) => {
             ctx.check(
@@ -857,6 +866,13 @@ fn check_heartbeat(
             return (None, None);
         }
     };
+    if let Err(e) = &from_instance {
+        ctx.warnings.push(format!(
+            "cannot read archive_timeout from the instance (port {}): {}; the heartbeat allowance uses the restored copy's ({archive_timeout} s)",
+            cfg.postgres.port,
+            pg_msg(e)
+        ));
+    }
     let Some(beat) = beat else {
         ctx.check(
             "heartbeat",
@@ -900,7 +916,7 @@ fn check_heartbeat(
             "heartbeat",
             false,
             format!(
-                "heartbeat {} is {age:.0} s before the target {} (allowed: heartbeat interval {} s + archive_timeout {} s): the newest data restored is older than promised; check that healthcheck runs every drill.heartbeat_interval_seconds and WAL is archived",
+                "heartbeat {} is {age:.0} s before the target {} (allowed: heartbeat interval {} s + archive_timeout {} s of {timeout_source}): the newest data restored is older than promised; check that healthcheck runs every drill.heartbeat_interval_seconds and WAL is archived",
                 fmt_time(beat.at),
                 fmt_time(tt),
                 cfg.drill.heartbeat_interval_seconds,
@@ -912,13 +928,23 @@ fn check_heartbeat(
             "heartbeat",
             true,
             format!(
-                "heartbeat {} (lsn {}) is {age:.1} s before the target (allowed {allowed:.0} s)",
+                "heartbeat {} (lsn {}) is {age:.1} s before the target (allowed {allowed:.0} s: heartbeat interval {} s + archive_timeout {archive_timeout} s of {timeout_source})",
                 beat.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                beat.lsn
+                beat.lsn,
+                cfg.drill.heartbeat_interval_seconds
             ),
         );
     }
     (Some(rpo), Some(beat.at))
+}
+
+fn archive_timeout_of(c: &mut pgpitr_pg::Client) -> pgpitr_pg::Result<i32> {
+    Ok(c.query_one(
+        "SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout'",
+        &[],
+    )
+    .map_err(pgpitr_pg::PgError::from)?
+    .get(0))
 }
 
 /// The path of the history file for `cfg`.

@@ -235,6 +235,56 @@ fn healthy_drills_pass_record_history_metrics_and_measure_rpo() {
     assert!(!prom.contains(c.root.to_str().unwrap()), "a path leaked");
 }
 
+/// The heartbeat allowance takes archive_timeout from the instance, not from the scratch
+/// copy, which carries only what its base backup held (here: the default, 0).
+#[test]
+fn heartbeat_allowance_uses_the_instance_archive_timeout() {
+    let c = Cluster::start(ClusterOptions::default());
+    let (_, cfgp) = drill_config(&c);
+    let mut db = prepare(&c, &cfgp);
+    // After the base backup: the restored copy keeps the backup's postgresql.auto.conf.
+    db.batch_execute("ALTER SYSTEM SET archive_timeout = 900")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    db.execute("INSERT INTO t (tag) VALUES ('after')", &[])
+        .unwrap();
+    health(&c, &cfgp);
+    c.switch_and_wait(5432);
+    let (r, rec) = drill(&c, &cfgp, &["--to", "latest"]);
+    let rec = rec.unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    assert_eq!(r.code, 0, "{rec}\n{}", r.stderr);
+    let hb = check(&rec, "heartbeat");
+    assert_eq!(hb["ok"], true, "{hb}");
+    let detail = hb["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "allowed {} s: heartbeat interval {INTERVAL} s + archive_timeout 900 s of the instance",
+            INTERVAL + 900
+        )),
+        "{detail}"
+    );
+    // With the instance down, the restored copy's setting is used, and the record says so.
+    drop(db);
+    c.stop_server(c.data());
+    let (r, rec) = drill(&c, &cfgp, &["--to", "latest"]);
+    let rec = rec.unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    let hb = check(&rec, "heartbeat");
+    assert!(
+        hb["detail"]
+            .as_str()
+            .unwrap()
+            .contains("archive_timeout 0 s of the restored copy"),
+        "{hb}\n{}",
+        r.stderr
+    );
+    assert!(
+        rec["warnings"]
+            .to_string()
+            .contains("cannot read archive_timeout from the instance"),
+        "{rec}"
+    );
+}
+
 fn assert_failed(r: &Run, rec: &Option<serde_json::Value>, name: &str) -> serde_json::Value {
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(

@@ -748,6 +748,64 @@ fn defects_found_under_real_systemd_stay_fixed() {
         "{pre}"
     );
 
+    // The drill runs as postgres, so the root-only identity (and, drilling from off-site,
+    // restic's secrets) reach it through LoadCredential= under the names pgpitr reads in
+    // place of the config's paths (pgpitr_config::CRED_*); the config keeps the source path
+    // of the identity for a restore as root.
+    let ds = &d["drillSecrets"];
+    let local = &ds["local"]["services"]["postgresql-drill-dl"];
+    assert_eq!(
+        strs(&local["serviceConfig"]["LoadCredential"]),
+        [format!(
+            "{}:/run/keys/dl.age",
+            pgpitr_config::CRED_AGE_IDENTITY
+        )]
+    );
+    assert!(local.get("path").is_none(), "{local}");
+    assert_eq!(
+        ds["local"]["configFile"]["encryption"]["identity_file"],
+        "/run/keys/dl.age"
+    );
+    let off = &ds["offsite"]["services"]["postgresql-drill-do"];
+    assert_eq!(
+        strs(&off["serviceConfig"]["LoadCredential"]),
+        [
+            format!("{}:/run/keys/do.age", pgpitr_config::CRED_AGE_IDENTITY),
+            format!(
+                "{}:/run/keys/restic-do",
+                pgpitr_config::CRED_RESTIC_PASSWORD
+            ),
+            format!(
+                "{}:/run/keys/restic-do.env",
+                pgpitr_config::CRED_RESTIC_ENVIRONMENT
+            ),
+        ]
+    );
+    assert_eq!(
+        strs(&off["path"]),
+        ["/nix/store/22222222222222222222222222222222-restic-0.17.3"]
+    );
+    assert_hardened(
+        "postgresql-drill-do",
+        off,
+        &[
+            "/var/lib/pgpitr/do/drill",
+            "/var/backup/postgresql/do",
+            "/run/postgresql",
+            "/mnt/offsite/do",
+        ],
+    );
+    assert_eq!(
+        strs(&off["serviceConfig"]["Environment"]),
+        ["RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-do"]
+    );
+    assert!(strs(&off["after"]).contains(&"network-online.target".to_string()));
+    let plain = &ds["plain"]["services"]["postgresql-drill-dn"];
+    assert!(
+        plain["serviceConfig"].get("LoadCredential").is_none(),
+        "{plain}"
+    );
+
     // Drill and preseed units (off by default).
     let dp = &d["drillPreseed"]["services"];
     let drill = &dp["postgresql-drill-dp"];
