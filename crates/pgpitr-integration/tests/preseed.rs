@@ -311,6 +311,78 @@ fn refusals_leave_the_folder_untouched() {
         "a valid cluster is untouched"
     );
 
+    // A live server that crashed is not behind the archive (everything archived came from
+    // its own pg_wal): nothing to do, untouched. Once with rows after the last archived
+    // segment, once right after a switch (its WAL ends where the archived segment ends).
+    for (i, switch_last) in [false, true].into_iter().enumerate() {
+        c.start_server(&data);
+        let mut db = c.connect(5432);
+        db.execute("INSERT INTO t (tag) VALUES ($1)", &[&format!("crash-{i}")])
+            .unwrap();
+        c.switch_and_wait(5432);
+        if !switch_last {
+            db.execute("INSERT INTO t (tag) VALUES ('unarchived')", &[])
+                .unwrap();
+        }
+        drop(db);
+        crash_server(&c, &data);
+        let before = snapshot_tree(&data);
+        let r = preseed(&c, &path, &[]).ok();
+        assert!(
+            r.stdout.contains("nothing to do") && !r.stdout.contains("warning"),
+            "crashed live server (switch last: {switch_last}): {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            before == snapshot_tree(&data),
+            "a crashed cluster is untouched"
+        );
+    }
+
+    // A copy of the crashed cluster, taken before more WAL was archived: valid and of this
+    // instance, but behind the archive. Started as it is it would lose the rows after it and
+    // then collide with the archive on its timeline: preseed replays the archive from it.
+    let copy_cfg = node_config(&c, "node-copy", 5467, &[PreseedMethod::Archive]);
+    let copy_path = c.write_config(&copy_cfg, "copy.toml");
+    let copy = copy_cfg.postgres.data_dir.clone();
+    sh_ok(&format!("cp -a '{}' '{}'", data.display(), copy.display()));
+    c.start_server(&data);
+    let mut db = c.connect(5432);
+    db.execute("INSERT INTO t (tag) VALUES ('after-copy')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    drop(db);
+    c.stop_server(&data);
+    let dry = preseed(&c, &copy_path, &["--dry-run"]).ok();
+    assert!(
+        dry.stdout.contains("behind the archive") && dry.stdout.contains("would replay"),
+        "{}",
+        dry.stdout
+    );
+    let r = preseed(&c, &copy_path, &[]).ok();
+    assert!(
+        r.stderr.contains("behind the archive") && r.stderr.contains("replayed the archive"),
+        "{}",
+        r.stderr
+    );
+    c.start_server(&copy);
+    let mut db = c.connect(5432);
+    let got = tags(&mut db);
+    assert!(got.iter().any(|t| t == "after-copy"), "{got:?}");
+    let tli: i32 = db
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .unwrap()
+        .get(0);
+    assert!(tli >= 2, "replayed onto a new timeline, got {tli}");
+    // The archive keeps working on the new timeline.
+    c.switch_and_wait(5432);
+    drop(db);
+    c.stop_server(&copy);
+    let again = preseed(&c, &copy_path, &[]).ok();
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+    fs::remove_dir_all(&copy).unwrap();
+
     // A non-empty folder that is not a cluster: refused and untouched without --quarantine.
     let cfg = node_config(&c, "node-junk", 5461, &[PreseedMethod::Archive]);
     let path = c.write_config(&cfg, "junk.toml");
@@ -435,6 +507,23 @@ fn refusals_leave_the_folder_untouched() {
         r.stderr
     );
     assert!(cfg.postgres.data_dir.join("PG_VERSION").is_file());
+}
+
+/// Simulates a crash (or a reboot): `pg_ctl stop -m immediate` when a server runs on `data`.
+fn crash_server(c: &Cluster, data: &Path) {
+    let ctl = pgpitr_pg::PgCtl {
+        bins: &c.bins,
+        account: c.account.as_ref(),
+        data_dir: data,
+    };
+    if ctl.is_running() {
+        let mut cmd = pgpitr_pg::command_as(&c.bins.path("pg_ctl"), c.account.as_ref());
+        cmd.arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/");
+        pgpitr_pg::run(&mut cmd).unwrap();
+    }
 }
 
 /// Runs preseed and SIGKILLs it when a stderr line contains `step`; returns whether it was
