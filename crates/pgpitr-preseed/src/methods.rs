@@ -754,6 +754,7 @@ pub(crate) fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> 
     };
     say("replaying the archive from the snapshot (recovery to the newest WAL, then promotion)");
     ctl.start(&log, "", false)?;
+    pgpitr_restore::inplace::test_hold("replaying");
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
         port: cfg.postgres.port,
