@@ -765,22 +765,30 @@ fn empty_data_folder(data: &Path) {
     }
 }
 
-/// A rebuilt node: the data dataset is gone and recreated empty (zfs ensure). (Test
-/// simulation of the loss; zfs-fuse may see the mount busy just after the stop.)
+/// A rebuilt node: the data dataset is gone and recreated empty (zfs ensure).
 fn lose_data_dataset(src: &ZfsSource) {
+    destroy_data_dataset(src);
+    pgpitr_zfs::ensure_instance(&src.zc, false).unwrap();
+}
+
+/// The data dataset is gone. (Test simulation of the loss; zfs-fuse may see the mount busy
+/// for a while after the stop, longer when other pools are busy.)
+fn destroy_data_dataset(src: &ZfsSource) {
     let start = Instant::now();
-    while !sh(&format!("zfs destroy -r -f {}", src.data_ds))
-        .status
-        .success()
-    {
+    loop {
+        let out = sh(&format!("zfs destroy -r -f {}", src.data_ds));
+        if out.status.success() {
+            break;
+        }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "cannot destroy {} to simulate the loss",
-            src.data_ds
+            start.elapsed() < Duration::from_secs(60),
+            "cannot destroy {} to simulate the loss: {}; datasets: {}",
+            src.data_ds,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&sh("zfs list -o name,mounted,mountpoint -t all").stdout)
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    pgpitr_zfs::ensure_instance(&src.zc, false).unwrap();
 }
 
 #[test]
@@ -1014,6 +1022,34 @@ impl Sshd {
             ));
         }
         fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        // The replica's `zfs`, as the ssh session finds it first on PATH: zfs-fuse's
+        // `zfs get` has no `-t TYPE`, which syncoid uses to list the source's snapshots (every
+        // OpenZFS a real replica runs has it). syncoid 2.1's fallback for a `zfs get` without
+        // `-t` puts the ssh command twice in front of it over ssh, so it cannot stand in.
+        let remote_bin = d.join("remote-bin");
+        fs::create_dir(&remote_bin).unwrap();
+        let shim = remote_bin.join("zfs");
+        fs::write(
+            &shim,
+            r#"#!/bin/bash
+if [ "$1" = get ]; then
+  shift
+  args=(); type=""
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -t ]; then type="$2"; shift 2; continue; fi
+    args+=("$1"); shift
+  done
+  if [ "$type" = snapshot ]; then
+    /usr/sbin/zfs get "${args[@]}" | awk -F'	' '$1 ~ /@/'
+    exit "${PIPESTATUS[0]}"
+  fi
+  exec /usr/sbin/zfs get "${args[@]}"
+fi
+exec /usr/sbin/zfs "$@"
+"#,
+        )
+        .unwrap();
+        fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1027,8 +1063,10 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host_key\nPidFile {0}/sshd.pid\n\
                  AuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
-                d.display()
+                 UsePAM no\nStrictModes no\nLogLevel VERBOSE\n\
+                 SetEnv PATH={1}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                d.display(),
+                remote_bin.display()
             ),
         )
         .unwrap();
@@ -1079,7 +1117,8 @@ fn syncoid_pulls_the_replica_over_ssh() {
     let sshd = Sshd::start();
     let src = zfs_source("s");
     let c = &src.c;
-    lose_data_dataset(&src);
+    // A rebuilt node whose data dataset does not exist yet: syncoid creates it.
+    destroy_data_dataset(&src);
     let mut cfg = c.cfg.clone();
     cfg.preseed.methods = vec![PreseedMethod::Syncoid];
     cfg.preseed.syncoid.source = Some(format!("root@127.0.0.1:{}", src.replica_ds));
