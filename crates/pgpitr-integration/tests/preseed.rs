@@ -690,9 +690,16 @@ struct ZfsSource {
     replica_ds: String,
     zc: Config,
     backup: String,
+    // Last: released once the pool is gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// The ZFS tests of this file run one at a time: under concurrent load zfs-fuse keeps a
+/// dataset "busy" for tens of seconds after it was mounted or used.
+static ZFS_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn zfs_source(tag: &str) -> ZfsSource {
+    let serial = ZFS_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pool = Pool::create(tag);
     let data_ds = format!("{}/pg/data", pool.name);
     let replica_ds = format!("{}/replica/data", pool.name);
@@ -750,6 +757,7 @@ fn zfs_source(tag: &str) -> ZfsSource {
         replica_ds,
         zc,
         backup,
+        _serial: serial,
     }
 }
 
