@@ -271,6 +271,103 @@ mod tests {
         assert_eq!(record_end(s, SEG), Some((Lsn(0x1537590), Lsn(0x2000000))));
     }
 
+    fn inventory(segments: &[(u32, u64)], histories: &[(u32, &str)]) -> Inventory {
+        use pgpitr_wal::history::History;
+        use pgpitr_wal::store::{Object, Store};
+        use pgpitr_wal::timeline::{parse_history, Timelines};
+        let objects: Vec<Object> = segments
+            .iter()
+            .map(|&(tli, segno)| Object {
+                name: WalName::segment(tli, segno, SEG),
+                sha256: "0".repeat(64),
+                suffix: ".zst",
+                path: Default::default(),
+                stored_bytes: 1,
+                mtime: std::time::UNIX_EPOCH,
+            })
+            .collect();
+        let mut timelines = Timelines::default();
+        for (tli, text) in histories {
+            timelines
+                .histories
+                .insert(*tli, parse_history(text).unwrap());
+        }
+        let history = History::new(timelines.clone(), objects.iter().map(|o| o.name.tli()));
+        Inventory {
+            store: Store::new(Path::new("/nonexistent")),
+            meta: None,
+            objects,
+            backups: Vec::new(),
+            timelines,
+            history,
+            seg_size: SEG,
+            cache_path: None,
+        }
+    }
+
+    fn end(timeline: u32, lsn: &str) -> WalEnd {
+        WalEnd {
+            timeline,
+            end: lsn.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_live_server_is_never_behind_what_it_archived() {
+        // Archived up to segment 4; the server's WAL goes on into segment 5 (crashed or
+        // stopped there), or ends right at 5's start (its last record a SWITCH).
+        let inv = inventory(&[(1, 2), (1, 3), (1, 4)], &[]);
+        assert_eq!(standing(&inv, end(1, "0/5000100")), Standing::Current);
+        assert_eq!(standing(&inv, end(1, "0/5000000")), Standing::Current);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_archive_is_behind() {
+        let inv = inventory(&[(1, 2), (1, 3), (1, 4)], &[]);
+        // Its WAL ends inside segment 4, which the archive holds complete.
+        let Standing::Behind(why) = standing(&inv, end(1, "0/4000100")) else {
+            panic!("behind")
+        };
+        assert!(why.contains("000000010000000000000004"), "{why}");
+        assert!(matches!(
+            standing(&inv, end(1, "0/3000000")),
+            Standing::Behind(_)
+        ));
+    }
+
+    #[test]
+    fn a_newer_timeline_after_the_end_means_behind_before_it_diverged() {
+        // Timeline 2 left timeline 1 at 0/4000100 (its switch segment on timeline 1 was
+        // archived only as .partial, so segment 4 is not there on timeline 1).
+        let inv = inventory(&[(1, 3), (2, 4), (2, 5)], &[(2, "1\t0/4000100\tx\n")]);
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000080")),
+            Standing::Behind(w) if w.contains("timeline 2")
+        ));
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000100")),
+            Standing::Behind(_)
+        ));
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000200")),
+            Standing::Diverged(w) if w.contains("timeline 2 at 0/4000100")
+        ));
+        // On timeline 2 itself, with nothing newer: current.
+        assert_eq!(standing(&inv, end(2, "0/6000028")), Standing::Current);
+        // Further timelines through 2: followed along the graph.
+        let inv = inventory(
+            &[(1, 3), (2, 4), (3, 6)],
+            &[
+                (2, "1\t0/4000100\tx\n"),
+                (3, "1\t0/4000100\tx\n2\t0/6000000\ty\n"),
+            ],
+        );
+        assert!(matches!(
+            standing(&inv, end(2, "0/5000000")),
+            Standing::Behind(w) if w.contains("timeline 3")
+        ));
+    }
+
     #[test]
     fn error_positions() {
         assert_eq!(
