@@ -746,6 +746,7 @@ pub(crate) fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> 
     if let Some(a) = &ctx.account {
         a.chown_tree(data)?;
     }
+    pgpitr_restore::inplace::test_hold("recovery-signal");
     let log = data.join("pgpitr-preseed.log");
     let ctl = PgCtl {
         bins: &ctx.bins,
@@ -869,6 +870,7 @@ fn wait_promoted(
         if !in_recovery {
             let lsn: String = row.get(1);
             let tli: String = row.get(2);
+            pgpitr_restore::inplace::test_hold("promoted");
             // Make sure the new timeline's history file is archived before stopping.
             let _ = c.batch_execute("CHECKPOINT");
             return Ok((lsn, u32::from_str_radix(&tli, 16).unwrap_or(0)));
