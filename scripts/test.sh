@@ -16,6 +16,8 @@ apt_install restic
 apt_install zfs-fuse
 # issue 12 (preseed): syncoid from the sanoid package receives a replica between two datasets.
 apt_install sanoid
+# preseed's syncoid from a replica over ssh: the test runs its own sshd on 127.0.0.1.
+apt_install openssh-server openssh-client
 ensure_rust
 cargo fmt --all -- --check
 cargo build --workspace --bins

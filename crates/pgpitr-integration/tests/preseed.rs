@@ -311,6 +311,78 @@ fn refusals_leave_the_folder_untouched() {
         "a valid cluster is untouched"
     );
 
+    // A live server that crashed is not behind the archive (everything archived came from
+    // its own pg_wal): nothing to do, untouched. Once with rows after the last archived
+    // segment, once right after a switch (its WAL ends where the archived segment ends).
+    for (i, switch_last) in [false, true].into_iter().enumerate() {
+        c.start_server(&data);
+        let mut db = c.connect(5432);
+        db.execute("INSERT INTO t (tag) VALUES ($1)", &[&format!("crash-{i}")])
+            .unwrap();
+        c.switch_and_wait(5432);
+        if !switch_last {
+            db.execute("INSERT INTO t (tag) VALUES ('unarchived')", &[])
+                .unwrap();
+        }
+        drop(db);
+        crash_server(&c, &data);
+        let before = snapshot_tree(&data);
+        let r = preseed(&c, &path, &[]).ok();
+        assert!(
+            r.stdout.contains("nothing to do") && !r.stdout.contains("warning"),
+            "crashed live server (switch last: {switch_last}): {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            before == snapshot_tree(&data),
+            "a crashed cluster is untouched"
+        );
+    }
+
+    // A copy of the crashed cluster, taken before more WAL was archived: valid and of this
+    // instance, but behind the archive. Started as it is it would lose the rows after it and
+    // then collide with the archive on its timeline: preseed replays the archive from it.
+    let copy_cfg = node_config(&c, "node-copy", 5467, &[PreseedMethod::Archive]);
+    let copy_path = c.write_config(&copy_cfg, "copy.toml");
+    let copy = copy_cfg.postgres.data_dir.clone();
+    sh_ok(&format!("cp -a '{}' '{}'", data.display(), copy.display()));
+    c.start_server(&data);
+    let mut db = c.connect(5432);
+    db.execute("INSERT INTO t (tag) VALUES ('after-copy')", &[])
+        .unwrap();
+    c.switch_and_wait(5432);
+    drop(db);
+    c.stop_server(&data);
+    let dry = preseed(&c, &copy_path, &["--dry-run"]).ok();
+    assert!(
+        dry.stdout.contains("behind the archive") && dry.stdout.contains("would replay"),
+        "{}",
+        dry.stdout
+    );
+    let r = preseed(&c, &copy_path, &[]).ok();
+    assert!(
+        r.stderr.contains("behind the archive") && r.stderr.contains("replayed the archive"),
+        "{}",
+        r.stderr
+    );
+    c.start_server(&copy);
+    let mut db = c.connect(5432);
+    let got = tags(&mut db);
+    assert!(got.iter().any(|t| t == "after-copy"), "{got:?}");
+    let tli: i32 = db
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .unwrap()
+        .get(0);
+    assert!(tli >= 2, "replayed onto a new timeline, got {tli}");
+    // The archive keeps working on the new timeline.
+    c.switch_and_wait(5432);
+    drop(db);
+    c.stop_server(&copy);
+    let again = preseed(&c, &copy_path, &[]).ok();
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+    fs::remove_dir_all(&copy).unwrap();
+
     // A non-empty folder that is not a cluster: refused and untouched without --quarantine.
     let cfg = node_config(&c, "node-junk", 5461, &[PreseedMethod::Archive]);
     let path = c.write_config(&cfg, "junk.toml");
@@ -437,6 +509,23 @@ fn refusals_leave_the_folder_untouched() {
     assert!(cfg.postgres.data_dir.join("PG_VERSION").is_file());
 }
 
+/// Simulates a crash (or a reboot): `pg_ctl stop -m immediate` when a server runs on `data`.
+fn crash_server(c: &Cluster, data: &Path) {
+    let ctl = pgpitr_pg::PgCtl {
+        bins: &c.bins,
+        account: c.account.as_ref(),
+        data_dir: data,
+    };
+    if ctl.is_running() {
+        let mut cmd = pgpitr_pg::command_as(&c.bins.path("pg_ctl"), c.account.as_ref());
+        cmd.arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .current_dir("/");
+        pgpitr_pg::run(&mut cmd).unwrap();
+    }
+}
+
 /// Runs preseed and SIGKILLs it when a stderr line contains `step`; returns whether it was
 /// killed (false: it finished first).
 fn kill_at(c: &Cluster, cfg_path: &Path, step: &str) -> bool {
@@ -547,7 +636,8 @@ fn sh_ok(cmd: &str) -> String {
 }
 
 impl Pool {
-    fn create() -> Pool {
+    /// `tag` keeps the pools of tests running at once in one process apart.
+    fn create(tag: &str) -> Pool {
         pgpitr_integration::ensure_zfs_fuse();
         require_tool("syncoid", "sanoid");
         let dir = tempfile::Builder::new()
@@ -557,7 +647,7 @@ impl Pool {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let file = dir.path().join("pool.img");
         let mnt = dir.path().join("mnt");
-        let name = format!("pgpitrpre{}", std::process::id());
+        let name = format!("pgpitrpre{}{tag}", std::process::id());
         sh_ok(&format!(
             "truncate -s 768M '{}' && zpool create -f -m '{}' {name} '{}'",
             file.display(),
@@ -589,9 +679,28 @@ impl Drop for Pool {
     }
 }
 
-#[test]
-fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
-    let pool = Pool::create();
+/// The ZFS source: the data folder on a dataset of a test pool, rows, a base backup, more
+/// rows, a replica of the data dataset made with syncoid (a crash-consistent snapshot of the
+/// live dataset), then sentinel rows only the archive has; the server is stopped.
+struct ZfsSource {
+    // Declared before the pool: the servers stop before the pool goes.
+    c: Cluster,
+    _pool: Pool,
+    data_ds: String,
+    replica_ds: String,
+    zc: Config,
+    backup: String,
+    // Last: released once the pool is gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// The ZFS tests of this file run one at a time: under concurrent load zfs-fuse keeps a
+/// dataset "busy" for tens of seconds after it was mounted or used.
+static ZFS_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn zfs_source(tag: &str) -> ZfsSource {
+    let serial = ZFS_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pool = Pool::create(tag);
     let data_ds = format!("{}/pg/data", pool.name);
     let replica_ds = format!("{}/replica/data", pool.name);
     let zcfg = ZfsConfig {
@@ -641,9 +750,20 @@ fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
     c.switch_and_wait(5432);
     drop(db);
     c.stop_server(&data);
+    ZfsSource {
+        c,
+        _pool: pool,
+        data_ds,
+        replica_ds,
+        zc,
+        backup,
+        _serial: serial,
+    }
+}
 
-    // local: the data folder's contents are lost, the dataset and its snapshots are not.
-    for e in fs::read_dir(&data).unwrap().flatten() {
+/// The data folder's contents are lost; the dataset and its snapshots are not.
+fn empty_data_folder(data: &Path) {
+    for e in fs::read_dir(data).unwrap().flatten() {
         let p = e.path();
         if p.is_dir() {
             fs::remove_dir_all(&p).unwrap();
@@ -651,45 +771,412 @@ fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
             fs::remove_file(&p).unwrap();
         }
     }
+}
+
+/// A rebuilt node: the data dataset is gone and recreated empty (zfs ensure).
+fn lose_data_dataset(src: &ZfsSource) {
+    destroy_data_dataset(src);
+    pgpitr_zfs::ensure_instance(&src.zc, false).unwrap();
+}
+
+/// The data dataset is gone. (Test simulation of the loss; zfs-fuse may see the mount busy
+/// for a while after the stop, longer when other pools are busy.)
+fn destroy_data_dataset(src: &ZfsSource) {
+    let start = Instant::now();
+    loop {
+        let out = sh(&format!("zfs destroy -r -f {}", src.data_ds));
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "cannot destroy {} to simulate the loss: {}; datasets: {}",
+            src.data_ds,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&sh("zfs list -o name,mounted,mountpoint -t all").stdout)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
+    let src = zfs_source("a");
+    let (c, replica_ds, backup) = (&src.c, &src.replica_ds, &src.backup);
+    let data = c.cfg.postgres.data_dir.clone();
+
+    // local: the data folder's contents are lost, the dataset and its snapshots are not.
+    empty_data_folder(&data);
     let mut cfg = c.cfg.clone();
     cfg.preseed.methods = vec![PreseedMethod::Local];
     cfg.preseed.syncoid.source = Some(replica_ds.clone());
     let path = c.write_config(&cfg, "local.toml");
-    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    let dry = preseed(c, &path, &["--dry-run"]).ok();
     assert!(dry.stdout.contains("local    usable"), "{}", dry.stdout);
     let t0 = Instant::now();
-    let r = preseed(&c, &path, &[]).ok();
+    let r = preseed(c, &path, &[]).ok();
     eprintln!(
         "preseed local (snapshot): {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     assert!(r.stdout.contains("rolled back"), "{}", r.stdout);
-    live_on_new_timeline(&c, &path, &cfg, &ROWS, "after-preseed-local");
+    live_on_new_timeline(c, &path, &cfg, &ROWS, "after-preseed-local");
 
     // syncoid: a rebuilt node; the data dataset is gone and recreated empty (zfs ensure).
-    // (Test simulation of the loss; zfs-fuse may see the mount busy just after the stop.)
-    let start = Instant::now();
-    while !sh(&format!("zfs destroy -r -f {data_ds}")).status.success() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "cannot destroy {data_ds} to simulate the loss"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    pgpitr_zfs::ensure_instance(&zc, false).unwrap();
+    lose_data_dataset(&src);
     let mut cfg = c.cfg.clone();
     cfg.preseed.methods = vec![PreseedMethod::Syncoid];
     cfg.preseed.syncoid.source = Some(replica_ds.clone());
     let path = c.write_config(&cfg, "syncoid.toml");
-    let dry = preseed(&c, &path, &["--dry-run"]).ok();
+    let dry = preseed(c, &path, &["--dry-run"]).ok();
     assert!(dry.stdout.contains("syncoid  usable"), "{}", dry.stdout);
     let t0 = Instant::now();
-    let r = preseed(&c, &path, &[]).ok();
+    let r = preseed(c, &path, &[]).ok();
     eprintln!("preseed syncoid: {:.1} s", t0.elapsed().as_secs_f64());
     assert!(r.stdout.contains("received"), "{}", r.stdout);
     let mut expected = ROWS.to_vec();
     expected.push("after-preseed-local");
-    live_on_new_timeline(&c, &path, &cfg, &expected, "after-preseed-syncoid");
+    live_on_new_timeline(c, &path, &cfg, &expected, "after-preseed-syncoid");
     expected.push("after-preseed-syncoid");
-    pitr_across_switch(&c, &path, &backup, 5452, &expected);
+    pitr_across_switch(c, &path, backup, 5452, &expected);
+}
+
+/// Runs preseed with `PGPITR_TEST_HOLD_AT=hold` and SIGKILLs it once it holds there: the
+/// kill lands exactly inside that step. Returns whether it got there.
+fn kill_at_hold(c: &Cluster, cfg_path: &Path, hold: &str) -> bool {
+    let mut child = Command::new(c.tools.join("preseed"))
+        .arg("--config")
+        .arg(cfg_path)
+        .env("PGPITR_TEST_HOLD_AT", hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut killed = false;
+    let mut seen = Vec::new();
+    for line in BufReader::new(err).lines() {
+        let line = line.unwrap();
+        if line.contains(&format!("test hold at {hold}")) {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+        seen.push(line);
+    }
+    child.wait().unwrap();
+    if !killed {
+        eprintln!("preseed never held at {hold}:\n{}", seen.join("\n"));
+    }
+    killed
+}
+
+/// After a kill, the data folder holds a cluster `pg_controldata` reads (the dangerous
+/// state: a folder a naive check would start as it is).
+fn holds_valid_cluster(c: &Cluster, data: &Path) -> bool {
+    data.join("PG_VERSION").is_file()
+        && Command::new(c.bins.path("pg_controldata"))
+            .arg("-D")
+            .arg(data)
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// A server a killed preseed started in the data folder dies with the machine: waits for it
+/// to be up, then stops it with `-m immediate`.
+fn crash_what_preseed_started(c: &Cluster, data: &Path) {
+    let ctl = pgpitr_pg::PgCtl {
+        bins: &c.bins,
+        account: c.account.as_ref(),
+        data_dir: data,
+    };
+    let start = Instant::now();
+    while !ctl.is_running() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crash_server(c, data);
+}
+
+/// Starts the server preseed left, checks the rows and that it is on a newer timeline than
+/// `prev_tli`, writes `tag`, checks a later segment switch is archived, stops it cleanly and
+/// checks that preseed then has nothing to do. Returns the timeline.
+fn live_after_replay(
+    c: &Cluster,
+    cfg_path: &Path,
+    expected: &[String],
+    tag: &str,
+    prev_tli: i32,
+) -> i32 {
+    let data = c.cfg.postgres.data_dir.clone();
+    c.start_server(&data);
+    let mut db = c.connect(5432);
+    let mut want = expected.to_vec();
+    want.sort();
+    assert_eq!(tags(&mut db), want, "rows before {tag}");
+    let tli: i32 = db
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        tli > prev_tli,
+        "{tag}: a new timeline: {tli} after {prev_tli}"
+    );
+    db.execute("INSERT INTO t (tag) VALUES ($1)", &[&tag])
+        .unwrap();
+    // The archive keeps working: nothing on this timeline collides with an archived object.
+    let switched =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.switch_and_wait(5432)));
+    if switched.is_err() {
+        panic!(
+            "{tag}: not archived on timeline {tli}; server log:\n{}",
+            fs::read_to_string(c.root.join("data.log")).unwrap_or_default()
+        );
+    }
+    drop(db);
+    c.stop_server(&data);
+    let again = preseed(c, cfg_path, &[]).ok();
+    assert!(
+        again.stdout.contains("nothing to do") && !again.stdout.contains("behind"),
+        "{tag}: a cleanly stopped server is not behind: {}",
+        again.stdout
+    );
+    tli
+}
+
+#[test]
+fn snapshot_methods_killed_at_every_step_come_back_on_a_new_timeline() {
+    let src = zfs_source("k");
+    let c = &src.c;
+    let data = c.cfg.postgres.data_dir.clone();
+    let mut expected: Vec<String> = ROWS.iter().map(|s| s.to_string()).collect();
+    let mut tli = 1;
+    for m in [PreseedMethod::Local, PreseedMethod::Syncoid] {
+        let mut cfg = c.cfg.clone();
+        cfg.preseed.methods = vec![m];
+        cfg.preseed.syncoid.source = Some(src.replica_ds.clone());
+        let path = c.write_config(&cfg, &format!("kill-{}.toml", m.name()));
+        // After the rollback or receive, after the recovery settings (before
+        // recovery.signal), after recovery.signal (before the server starts), with the
+        // replay's server running, and once it has promoted (crashed with it).
+        for hold in [
+            "snapshot-in-place",
+            "recovery-settings",
+            "recovery-signal",
+            "replaying",
+            "promoted",
+        ] {
+            match m {
+                PreseedMethod::Local => empty_data_folder(&data),
+                _ => lose_data_dataset(&src),
+            }
+            assert!(
+                kill_at_hold(c, &path, hold),
+                "{}: preseed finished before {hold}",
+                m.name()
+            );
+            // Crashed before its promotion, the replay's server leaves recovery.signal with
+            // preseed's settings; crashed after it (the replay is quick), a promoted cluster
+            // whose own crash recovery follows the new timeline (its history file is in
+            // pg_wal): both are checked below by what the server then holds.
+            let mut promoted = false;
+            if hold == "replaying" || hold == "promoted" {
+                crash_what_preseed_started(c, &data);
+                promoted = !data.join("recovery.signal").exists();
+            } else {
+                assert!(
+                    holds_valid_cluster(c, &data),
+                    "{} killed at {hold}: expected the snapshot in place",
+                    m.name()
+                );
+            }
+            let t0 = Instant::now();
+            let r = preseed(c, &path, &[]).ok();
+            eprintln!(
+                "preseed after {} killed at {hold} (promoted before the crash: {promoted}): {:.1} s\n{}\n{}",
+                m.name(),
+                t0.elapsed().as_secs_f64(),
+                r.stdout,
+                r.stderr
+            );
+            let expect: &[&str] = match (hold, promoted) {
+                ("recovery-signal", _) | ("replaying", false) => &[
+                    "interrupted preseed left its replay",
+                    "replayed the archive",
+                ],
+                ("replaying", true) | ("promoted", _) => &["nothing to do"],
+                _ => &["behind the archive", "replayed the archive"],
+            };
+            assert!(
+                expect.iter().all(|e| r.stderr.contains(e)) && !r.stdout.contains("cannot tell"),
+                "{} killed at {hold}: {}\n{}",
+                m.name(),
+                r.stdout,
+                r.stderr
+            );
+            let tag = format!("after-{}-killed-at-{hold}", m.name());
+            tli = live_after_replay(c, &path, &expected, &tag, tli);
+            expected.push(tag);
+        }
+    }
+}
+
+// ---- syncoid from a replica over ssh -------------------------------------------------------
+
+/// An sshd of the test's own on 127.0.0.1 (free high port, host key and authorized_keys in
+/// a temporary folder, root by key only), killed when dropped.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    key: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        require_tool("sshd", "openssh-server openssh-client");
+        require_tool("ssh", "openssh-server openssh-client");
+        let dir = tempfile::Builder::new()
+            .prefix("pgpitr-preseed-sshd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        for k in ["host_key", "client_key"] {
+            sh_ok(&format!(
+                "ssh-keygen -q -t ed25519 -N '' -C pgpitr-test -f '{}'",
+                d.join(k).display()
+            ));
+        }
+        fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        // The replica's `zfs`, as the ssh session finds it first on PATH: zfs-fuse's
+        // `zfs get` has no `-t TYPE`, which syncoid uses to list the source's snapshots (every
+        // OpenZFS a real replica runs has it). syncoid 2.1's fallback for a `zfs get` without
+        // `-t` puts the ssh command twice in front of it over ssh, so it cannot stand in.
+        let remote_bin = d.join("remote-bin");
+        fs::create_dir(&remote_bin).unwrap();
+        let shim = remote_bin.join("zfs");
+        fs::write(
+            &shim,
+            r#"#!/bin/bash
+if [ "$1" = get ]; then
+  shift
+  args=(); type=""
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -t ]; then type="$2"; shift 2; continue; fi
+    args+=("$1"); shift
+  done
+  if [ "$type" = snapshot ]; then
+    /usr/sbin/zfs get "${args[@]}" | awk -F'	' '$1 ~ /@/'
+    exit "${PIPESTATUS[0]}"
+  fi
+  exec /usr/sbin/zfs get "${args[@]}"
+fi
+exec /usr/sbin/zfs "$@"
+"#,
+        )
+        .unwrap();
+        fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = d.join("sshd.log");
+        let conf = d.join("sshd_config");
+        fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host_key\nPidFile {0}/sshd.pid\n\
+                 AuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nLogLevel VERBOSE\n\
+                 SetEnv PATH={1}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                d.display(),
+                remote_bin.display()
+            ),
+        )
+        .unwrap();
+        // sshd's privilege separation folder (the package's service creates it at start).
+        fs::create_dir_all("/run/sshd").unwrap();
+        let sshd = Command::new("sh")
+            .args(["-c", "command -v sshd"])
+            .output()
+            .unwrap();
+        let sshd = String::from_utf8_lossy(&sshd.stdout).trim().to_string();
+        let child = Command::new(&sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-E")
+            .arg(&log)
+            .spawn()
+            .unwrap();
+        let s = Sshd {
+            child,
+            port,
+            key: d.join("client_key"),
+            log,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd did not listen on port {port}: {}",
+                fs::read_to_string(&s.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn syncoid_pulls_the_replica_over_ssh() {
+    let sshd = Sshd::start();
+    let src = zfs_source("s");
+    let c = &src.c;
+    // A rebuilt node whose data dataset does not exist yet: syncoid creates it.
+    destroy_data_dataset(&src);
+    let mut cfg = c.cfg.clone();
+    cfg.preseed.methods = vec![PreseedMethod::Syncoid];
+    cfg.preseed.syncoid.source = Some(format!("root@127.0.0.1:{}", src.replica_ds));
+    cfg.preseed.syncoid.options = vec![
+        format!("--sshport={}", sshd.port),
+        format!("--sshkey={}", sshd.key.display()),
+        "--sshoption=StrictHostKeyChecking=no".into(),
+        "--sshoption=UserKnownHostsFile=/dev/null".into(),
+    ];
+    let path = c.write_config(&cfg, "syncoid-ssh.toml");
+    // The probe lists the replica's snapshots over the same ssh options.
+    let dry = preseed(c, &path, &["--dry-run"]).ok();
+    assert!(dry.stdout.contains("syncoid  usable"), "{}", dry.stdout);
+    let t0 = Instant::now();
+    let r = preseed(c, &path, &[]).ok();
+    eprintln!(
+        "preseed syncoid over ssh: {:.1} s\n{}",
+        t0.elapsed().as_secs_f64(),
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("received root@127.0.0.1:{}", src.replica_ds)),
+        "{}",
+        r.stdout
+    );
+    let log = fs::read_to_string(&sshd.log).unwrap_or_default();
+    assert!(
+        log.contains("Accepted publickey for root"),
+        "syncoid went through the test's sshd: {log}"
+    );
+    let expected: Vec<String> = ROWS.iter().map(|s| s.to_string()).collect();
+    live_after_replay(c, &path, &expected, "after-preseed-ssh", 1);
+    drop(sshd);
 }

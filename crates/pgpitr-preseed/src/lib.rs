@@ -4,7 +4,9 @@
 //! The decision comes from the data folder's real state ([`state::inspect`]: `PG_VERSION`,
 //! `global/pg_control` through `pg_controldata`, the system identifier compared with the
 //! archive's `archive.json`), never from a marker file:
-//! - a valid cluster of this instance: nothing to do;
+//! - a valid cluster of this instance: nothing to do, unless it is behind the archive (a
+//!   snapshot a killed preseed left before replaying it, see [`behind`]) or preseed's own
+//!   replay was interrupted: then the archive is replayed from it;
 //! - empty or missing: the configured methods ([`methods`]) are tried in order until one
 //!   gives a valid cluster; restores are staged beside the data folder and moved into place
 //!   last ([`place`]);
@@ -13,6 +15,7 @@
 //! The server is left stopped: its own unit starts it, and `preseed --follow-up-backup`
 //! takes the first base backup on the new timeline once it accepts connections.
 
+pub mod behind;
 pub mod methods;
 pub mod place;
 pub mod state;
@@ -143,7 +146,7 @@ pub struct Report {
     pub data_dir: PathBuf,
     /// What the data folder held when preseed started.
     pub found: DataState,
-    /// `nothing-to-do`, `restored`, `dry-run`.
+    /// `nothing-to-do`, `restored`, `replayed` (a valid cluster behind the archive), `dry-run`.
     pub action: String,
     /// The method that gave the cluster, if one ran.
     pub method: Option<String>,
@@ -193,6 +196,12 @@ impl Report {
                 } else {
                     String::new()
                 }
+            ),
+            "replayed" => format!(
+                "instance {}: data folder {} held a valid cluster behind the archive; replayed the archive from it in {:.1} s{cluster}",
+                self.instance,
+                self.data_dir.display(),
+                self.duration_seconds
             ),
             "dry-run" => format!(
                 "instance {}: data folder {} is {}; dry run, nothing changed",
@@ -296,14 +305,7 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
                 if let Err(e) = state::check_identity(c, expected) {
                     refuse_or_quarantine(e.to_string(), &mut report, say)?;
                 } else {
-                    if methods::remove_stale_recovery_block(&data_dir)? {
-                        report.warnings.push(
-                            "removed the recovery settings an interrupted preseed left in postgresql.auto.conf".into(),
-                        );
-                    }
-                    report.cluster = Some(c.clone());
-                    report.duration_seconds = started.elapsed().as_secs_f64();
-                    return Ok(report);
+                    return catch_up(ctx, opts, c, report, started, say);
                 }
             }
             Err(e) => {
@@ -406,6 +408,93 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
             tried.join("; ")
         }
     )))
+}
+
+/// A valid cluster of this instance: started as it is unless it is behind the archive (a
+/// crash-consistent copy a killed preseed left before it wrote `recovery.signal`, see
+/// [`behind`]) or a replay of preseed's own was interrupted; then the archive is replayed
+/// from it (new timeline) before the server may start.
+fn catch_up(
+    ctx: &Context<'_>,
+    opts: &Options,
+    c: &ClusterInfo,
+    mut report: Report,
+    started: Instant,
+    say: &mut dyn FnMut(&str),
+) -> Result<Report> {
+    let data_dir = ctx.data_dir().to_path_buf();
+    let recovering = data_dir.join("recovery.signal").exists();
+    let why = if recovering && methods::has_recovery_block(&data_dir) {
+        // Killed during its replay: finish it here, so the server starts promoted.
+        Some("an interrupted preseed left its replay of the archive unfinished (recovery.signal and its recovery settings)".to_string())
+    } else if recovering || data_dir.join("standby.signal").exists() {
+        // Someone else's recovery: the server replays on start.
+        None
+    } else {
+        if !opts.dry_run && methods::remove_stale_recovery_block(&data_dir)? {
+            report.warnings.push(
+                "removed the recovery settings an interrupted preseed left in postgresql.auto.conf"
+                    .into(),
+            );
+        }
+        match behind::check(ctx, c) {
+            Ok(behind::Standing::Behind(why)) => Some(format!("it is behind the archive: {why}")),
+            Ok(behind::Standing::Diverged(w)) => {
+                report.warnings.push(w);
+                None
+            }
+            Ok(behind::Standing::Current) => None,
+            Err(e) => {
+                report.warnings.push(format!(
+                    "cannot tell whether the cluster is behind the archive ({e}); it was left as it is"
+                ));
+                None
+            }
+        }
+    };
+    let Some(why) = why else {
+        report.cluster = Some(c.clone());
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    };
+    if opts.dry_run {
+        report.warnings.push(format!(
+            "{} holds a valid cluster, but {why}: preseed would replay the archive from it",
+            data_dir.display()
+        ));
+        report.action = "dry-run".into();
+        report.cluster = Some(c.clone());
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    say(&format!(
+        "{} holds a valid cluster, but {why}: replaying the archive from it instead of starting it as it is",
+        data_dir.display()
+    ));
+    let detail = methods::recover_in_place(ctx, say).map_err(|e| {
+        PreseedError::Failed(format!(
+            "{} holds a cluster that must not start as it is ({why}), and replaying the archive from it failed: {e}. Started as it is it would lose the archived WAL and then collide with it: fix the cause and rerun preseed",
+            data_dir.display()
+        ))
+    })?;
+    let after = match state::inspect(&data_dir, &ctx.bins, ctx.major)? {
+        DataState::Cluster(after) => after,
+        other => {
+            return Err(PreseedError::Failed(format!(
+                "after replaying the archive the data folder is {other}"
+            )))
+        }
+    };
+    say(&format!("replayed: {detail}"));
+    report.attempts.push(Attempt {
+        method: "replay".into(),
+        ok: true,
+        message: format!("{why}; {detail}"),
+    });
+    report.action = "replayed".into();
+    report.cluster = Some(after);
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Writes the preseed metrics: last run time, success, duration, labelled with the method

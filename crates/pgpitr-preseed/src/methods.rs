@@ -417,6 +417,9 @@ fn run_local(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
             }
             say(&format!("rolling {ds} back to its newest snapshot {snap}"));
             zfs.rollback(&snap)?;
+            // Killed from here until recovery.signal is written, the folder holds a valid
+            // cluster that is behind the archive: the next run sees that and replays it.
+            pgpitr_restore::inplace::test_hold("snapshot-in-place");
             let detail = recover_in_place(ctx, say)?;
             return Ok(format!("snapshot {snap} rolled back; {detail}"));
         }
@@ -437,7 +440,34 @@ pub fn split_source(s: &str) -> (Option<&str>, &str) {
     }
 }
 
-fn source_snapshots(source: &str) -> Result<Vec<(String, String)>> {
+/// The ssh arguments syncoid's own options give (`--sshport`, `--sshkey`, `--sshoption`,
+/// `--sshconfig`, `--sshcipher`, as `--opt=value` or `--opt value`): listing the replica's
+/// snapshots reaches it the way syncoid does.
+pub fn ssh_args(options: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = options.iter();
+    while let Some(o) = it.next() {
+        let (name, value) = match o.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (o.as_str(), None),
+        };
+        let flag = match name {
+            "--sshport" => "-p",
+            "--sshkey" => "-i",
+            "--sshoption" | "-o" => "-o",
+            "--sshconfig" => "-F",
+            "--sshcipher" | "-c" => "-c",
+            _ => continue,
+        };
+        if let Some(v) = value.or_else(|| it.next().cloned()) {
+            out.push(flag.to_string());
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn source_snapshots(source: &str, options: &[String]) -> Result<Vec<(String, String)>> {
     let (host, ds) = split_source(source);
     let list = |exact: bool| {
         let mut args = vec!["list", "-H"];
@@ -457,7 +487,9 @@ fn source_snapshots(source: &str) -> Result<Vec<(String, String)>> {
         let mut c = match host {
             Some(h) => {
                 let mut c = Command::new("ssh");
-                c.args(["-o", "BatchMode=yes", h, "zfs"]);
+                c.args(["-o", "BatchMode=yes"])
+                    .args(ssh_args(options))
+                    .args([h, "zfs"]);
                 c
             }
             None => Command::new("zfs"),
@@ -511,7 +543,7 @@ fn syncoid_source(ctx: &Context<'_>) -> Result<(String, String)> {
 
 fn probe_syncoid(ctx: &Context<'_>) -> Result<Freshness> {
     let (src, _) = syncoid_source(ctx)?;
-    let snaps = source_snapshots(&src)?;
+    let snaps = source_snapshots(&src, &ctx.cfg.preseed.syncoid.options)?;
     Ok(match snaps.last() {
         Some((n, c)) => Freshness {
             method: "syncoid".into(),
@@ -604,6 +636,7 @@ fn run_syncoid(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
         )));
     }
     let newest = zfs.snapshots(&ds)?.last().cloned().unwrap_or_default();
+    pgpitr_restore::inplace::test_hold("snapshot-in-place");
     let detail = recover_in_place(ctx, say)?;
     Ok(format!("received {src} up to {newest}; {detail}"))
 }
@@ -667,7 +700,7 @@ fn remove_snapshot_pid_file(data: &Path, say: &mut dyn FnMut(&str)) -> Result<()
 
 /// Replays the archive from a crash-consistent copy in the data folder, lets it promote to
 /// a new timeline (archiving on), stops it and removes the settings it wrote.
-fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
+pub(crate) fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
     let cfg = ctx.cfg;
     let data = ctx.data_dir();
     if data.join("pg_wal").is_symlink() {
@@ -707,11 +740,13 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
     let before = fs::read_to_string(&auto).unwrap_or_default();
     let without = strip_block(&before);
     pgpitr_durable::write_replace(&auto, format!("{without}\n{block}\n").as_bytes(), 0o600)?;
+    pgpitr_restore::inplace::test_hold("recovery-settings");
     let _ = fs::remove_file(data.join("standby.signal"));
     pgpitr_durable::write_replace(&data.join("recovery.signal"), b"", 0o600)?;
     if let Some(a) = &ctx.account {
         a.chown_tree(data)?;
     }
+    pgpitr_restore::inplace::test_hold("recovery-signal");
     let log = data.join("pgpitr-preseed.log");
     let ctl = PgCtl {
         bins: &ctx.bins,
@@ -720,6 +755,7 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
     };
     say("replaying the archive from the snapshot (recovery to the newest WAL, then promotion)");
     ctl.start(&log, "", false)?;
+    pgpitr_restore::inplace::test_hold("replaying");
     let ep = Endpoint {
         socket_dir: cfg.postgres.socket_dir.clone(),
         port: cfg.postgres.port,
@@ -741,9 +777,15 @@ fn recover_in_place(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<Stri
     ))
 }
 
-/// After a preseed killed during a snapshot's recovery, the server (started by its unit)
-/// finishes that recovery itself; once it has promoted (no `recovery.signal`), the settings
-/// preseed wrote are taken back out. Returns whether anything was removed.
+/// Whether `postgresql.auto.conf` holds the recovery settings preseed writes for a replay.
+pub fn has_recovery_block(data: &Path) -> bool {
+    fs::read_to_string(data.join("postgresql.auto.conf"))
+        .is_ok_and(|t| t.lines().any(|l| l == BEGIN))
+}
+
+/// Settings of a replay that no longer runs (no `recovery.signal`: killed before writing
+/// it, or the server promoted without preseed) are taken back out; a replay still pending is
+/// finished by the next preseed instead. Returns whether anything was removed.
 pub fn remove_stale_recovery_block(data: &Path) -> Result<bool> {
     let auto = data.join("postgresql.auto.conf");
     let Ok(text) = fs::read_to_string(&auto) else {
@@ -828,6 +870,7 @@ fn wait_promoted(
         if !in_recovery {
             let lsn: String = row.get(1);
             let tli: String = row.get(2);
+            pgpitr_restore::inplace::test_hold("promoted");
             // Make sure the new timeline's history file is archived before stopping.
             let _ = c.batch_execute("CHECKPOINT");
             return Ok((lsn, u32::from_str_radix(&tli, 16).unwrap_or(0)));
@@ -914,7 +957,7 @@ pub fn evidence(ctx: &Context<'_>) -> Evidence {
         }
     }
     if let Some(src) = &cfg.preseed.syncoid.source {
-        match source_snapshots(src) {
+        match source_snapshots(src, &cfg.preseed.syncoid.options) {
             Ok(s) if !s.is_empty() => ev
                 .found
                 .push(format!("{} snapshots on the replica {src}", s.len())),
@@ -971,6 +1014,35 @@ mod tests {
             (Some("root@nas"), "tank/pg")
         );
         assert_eq!(split_source("tank/a:b"), (None, "tank/a:b"));
+    }
+
+    #[test]
+    fn ssh_arguments_follow_syncoid_options() {
+        let o: Vec<String> = [
+            "--sshport=2222",
+            "--sshkey",
+            "/k",
+            "--sshoption=StrictHostKeyChecking=no",
+            "--no-sync-snap",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            ssh_args(&o),
+            [
+                "-p",
+                "2222",
+                "-i",
+                "/k",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null"
+            ]
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct ClusterInfo {
     #[serde(rename = "cluster_state")]
     pub state: String,
     pub checkpoint_lsn: Option<String>,
+    /// Where replay of the latest checkpoint starts (`Latest checkpoint's REDO location`):
+    /// where preseed starts reading the folder's own WAL (not part of the JSON report).
+    #[serde(skip)]
+    pub redo_lsn: Option<String>,
     #[serde(with = "pgpitr_time::json::option")]
     pub checkpoint_time: Option<chrono::DateTime<chrono::Utc>>,
     pub timeline: Option<u32>,
@@ -220,6 +224,7 @@ pub fn parse_controldata(text: &str) -> std::result::Result<ClusterInfo, String>
         major: 0,
         state: field("Database cluster state").unwrap_or_else(|| "unknown state".into()),
         checkpoint_lsn: field("Latest checkpoint location"),
+        redo_lsn: field("Latest checkpoint's REDO location"),
         checkpoint_time: field("Time of latest checkpoint").and_then(|t| controldata_time(&t)),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
     })
@@ -245,11 +250,12 @@ mod tests {
 
     #[test]
     fn parses_controldata() {
-        let text = "pg_control version number:            1300\nDatabase system identifier:           7311111111111111111\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's TimeLineID:       2\nTime of latest checkpoint:            Sun Nov 22 15:00:00 2026\n";
+        let text = "pg_control version number:            1300\nDatabase system identifier:           7311111111111111111\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's REDO location:    0/3000020\nLatest checkpoint's TimeLineID:       2\nTime of latest checkpoint:            Sun Nov 22 15:00:00 2026\n";
         let c = parse_controldata(text).unwrap();
         assert_eq!(c.system_identifier, 7311111111111111111);
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn.as_deref(), Some("0/3000028"));
+        assert_eq!(c.redo_lsn.as_deref(), Some("0/3000020"));
         assert_eq!(c.timeline, Some(2));
         let t = c.checkpoint_time.expect("checkpoint time parsed");
         let local = pgpitr_time::parse("2026-11-22 15:00:00", chrono::Utc::now()).unwrap();

@@ -1,0 +1,396 @@
+//! Whether a valid cluster in the data folder is behind the archive: a crash-consistent copy
+//! (a rolled-back snapshot, a received replica) that a killed preseed left before it wrote
+//! `recovery.signal` looks like any other cluster, but started as it is it would only do
+//! crash recovery, lose the WAL archived after the copy and then write on the same timeline
+//! where the archive already holds those segment names.
+//!
+//! Decided from the data's real state, never from a marker: where the folder's own WAL ends
+//! (`pg_waldump` over `pg_wal` from the latest checkpoint's REDO location, on the timeline
+//! the folder is on) against what the archive holds (its segments per timeline and its
+//! timeline graph, through the history model of `pgpitr-wal` as the restore's
+//! [`Inventory`] loads it). A live server that stopped or crashed has written every segment
+//! it archived, so its WAL reaches at least as far as the archive on its timeline: nothing to
+//! do.
+
+use pgpitr_pg::Bins;
+use pgpitr_restore::Inventory;
+use pgpitr_wal::history::wal_ranges;
+use pgpitr_wal::{Lsn, WalName};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::state::ClusterInfo;
+
+/// Where the folder's own WAL ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalEnd {
+    /// The timeline the folder is on (the checkpoint's, or a newer one whose history file the
+    /// server wrote into `pg_wal` when it promoted).
+    pub timeline: u32,
+    /// The position right after the last valid record.
+    pub end: Lsn,
+}
+
+/// The folder against the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// The archive holds nothing past the folder's own WAL on its history.
+    Current,
+    /// The archive holds WAL the folder lacks: why.
+    Behind(String),
+    /// A newer timeline in the archive left the folder's timeline before the folder's WAL
+    /// ends: the folder went on past that branch (say so, leave it).
+    Diverged(String),
+}
+
+/// Reads where the folder's WAL ends with `pg_waldump`.
+pub fn wal_end(
+    bins: &Bins,
+    data_dir: &Path,
+    c: &ClusterInfo,
+    seg_size: u64,
+) -> Result<WalEnd, String> {
+    let parse = |s: &Option<String>, what: &str| -> Result<Lsn, String> {
+        s.as_deref()
+            .ok_or_else(|| format!("pg_controldata shows no {what}"))?
+            .parse::<Lsn>()
+    };
+    let redo = parse(&c.redo_lsn, "REDO location")
+        .or_else(|_| parse(&c.checkpoint_lsn, "latest checkpoint location"))?;
+    let checkpoint = parse(&c.checkpoint_lsn, "latest checkpoint location").unwrap_or(redo);
+    let mut timeline = c
+        .timeline
+        .ok_or("pg_controldata shows no checkpoint timeline")?;
+    let pg_wal = data_dir.join("pg_wal");
+    let mut start = redo;
+    // Promoted but killed before its first checkpoint on the new timeline: the history file
+    // it wrote says where that timeline began.
+    if let Ok(rd) = std::fs::read_dir(&pg_wal) {
+        let newest = rd
+            .flatten()
+            .filter_map(|e| match WalName::parse(&e.file_name().to_string_lossy()) {
+                Some(WalName::History { tli }) if tli > timeline => Some((tli, e.path())),
+                _ => None,
+            })
+            .max_by_key(|(t, _)| *t);
+        if let Some((tli, path)) = newest {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
+            let h = pgpitr_wal::timeline::parse_history(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if let Some(last) = h.last() {
+                timeline = tli;
+                start = start.max(last.switch);
+            }
+        }
+    }
+    let mut child = Command::new(bins.path("pg_waldump"))
+        .arg("--path")
+        .arg(&pg_wal)
+        .arg("--timeline")
+        .arg(timeline.to_string())
+        .arg("--start")
+        .arg(start.to_string())
+        .env("LC_ALL", "C")
+        .env("LANG", "C")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", bins.path("pg_waldump").display()))?;
+    let mut last: Option<String> = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| format!("read pg_waldump output: {e}"))?;
+        if line.starts_with("rmgr:") {
+            last = Some(line);
+        }
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .map_err(|e| format!("read pg_waldump errors: {e}"))?;
+    let _ = child.wait();
+    let record_end = last.as_deref().and_then(|l| record_end(l, seg_size));
+    let stopped_at = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("error"))
+        .and_then(|l| error_position(l, seg_size));
+    let end = match (record_end, stopped_at) {
+        (Some((start, end)), Some(at)) if at > start => end.max(at),
+        (Some((_, end)), _) => end,
+        (None, _) => {
+            return Err(format!(
+                "pg_waldump read no record from {start} on timeline {timeline} in {}: {}",
+                pg_wal.display(),
+                err.trim().replace('\n', " | ")
+            ))
+        }
+    };
+    Ok(WalEnd {
+        timeline,
+        end: end.max(Lsn(checkpoint.0 + 1)),
+    })
+}
+
+/// The last record's start and where it ends, from a `pg_waldump` line. A `SWITCH` record
+/// ends its segment.
+fn record_end(line: &str, seg_size: u64) -> Option<(Lsn, Lsn)> {
+    let lsn: Lsn = line
+        .split("lsn: ")
+        .nth(1)?
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()?
+        .parse()
+        .ok()?;
+    if line
+        .split("desc: ")
+        .nth(1)
+        .is_some_and(|d| d.starts_with("SWITCH"))
+    {
+        return Some((lsn, Lsn((lsn.segno(seg_size) + 1) * seg_size)));
+    }
+    let total: u64 = line
+        .split("len (rec/tot):")
+        .nth(1)?
+        .split('/')
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((lsn, Lsn(lsn.0 + total)))
+}
+
+/// Where `pg_waldump` stopped reading, from its error line: the segment it could not find,
+/// the offset in a segment whose page is not this WAL's, or the last position it names.
+fn error_position(line: &str, seg_size: u64) -> Option<Lsn> {
+    let segment_start = |name: &str| {
+        WalName::parse(name.trim_matches(|c| c == '"' || c == ','))
+            .and_then(|n| n.segno(seg_size))
+            .map(|s| s * seg_size)
+    };
+    if let Some(rest) = line.split("could not find file ").nth(1) {
+        return segment_start(rest.split(':').next()?).map(Lsn);
+    }
+    if let Some(rest) = line.split("in log segment ").nth(1) {
+        let (name, after) = rest.split_once(", offset ")?;
+        let offset: u64 = after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        return segment_start(name).map(|s| Lsn(s + offset));
+    }
+    line.split_whitespace()
+        .filter_map(|w| {
+            w.trim_end_matches([':', ',', ';'])
+                .parse::<Lsn>()
+                .ok()
+                .filter(|_| w.contains('/'))
+        })
+        .next_back()
+}
+
+/// The folder's WAL end against the archive's segments and timeline graph.
+pub fn standing(inv: &Inventory, end: WalEnd) -> Standing {
+    let seg_size = inv.seg_size;
+    let t = end.timeline;
+    let end_seg = end.end.segno(seg_size);
+    // Only a server that went past a segment archives it: an archived segment on this
+    // timeline at or past the one the folder's WAL ends in was written by a server that went
+    // further than this folder.
+    if let Some((_, last)) = wal_ranges(&inv.objects, seg_size).get(&t) {
+        if *last >= end_seg {
+            return Standing::Behind(format!(
+                "the archive holds timeline {t} up to segment {}, but this folder's WAL ends at {} (segment {})",
+                WalName::segment(t, *last, seg_size),
+                end.end,
+                WalName::segment(t, end_seg, seg_size)
+            ));
+        }
+    }
+    // A newer timeline that left this one: at or after the folder's end, the archive's
+    // history went on without it; before it, the folder went on past the branch.
+    let mut diverged = Vec::new();
+    for &newer in inv.history.timelines.histories.keys().filter(|n| **n > t) {
+        let Ok(path) = inv.history.path_to(newer) else {
+            continue;
+        };
+        let Some(switch) = path.iter().find(|r| r.tli == t).and_then(|r| r.end) else {
+            continue;
+        };
+        if switch >= end.end {
+            return Standing::Behind(format!(
+                "the archive's timeline {newer} left timeline {t} at {switch}, at or after the end of this folder's WAL ({})",
+                end.end
+            ));
+        }
+        diverged.push(format!("timeline {newer} at {switch}"));
+    }
+    if diverged.is_empty() {
+        Standing::Current
+    } else {
+        Standing::Diverged(format!(
+            "the archive's newer timelines left timeline {t} before this folder's WAL ends ({}): {}; the folder went on past that branch and was left as it is",
+            end.end,
+            diverged.join(", ")
+        ))
+    }
+}
+
+/// Loads the archive and compares.
+pub fn check(ctx: &crate::Context<'_>, c: &ClusterInfo) -> crate::Result<Standing> {
+    let inv = Inventory::load(ctx.cfg, &ctx.decoder)?;
+    let end = wal_end(&ctx.bins, ctx.data_dir(), c, inv.seg_size).map_err(|e| {
+        crate::PreseedError::Failed(format!(
+            "cannot tell where the WAL in {} ends: {e}",
+            ctx.data_dir().display()
+        ))
+    })?;
+    Ok(standing(&inv, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const SEG: u64 = 16 << 20;
+
+    #[test]
+    fn record_ends() {
+        let l = "rmgr: Heap        len (rec/tot):     59/    59, tx:        724, lsn: 0/015373B8, prev 0/01537378, desc: INSERT off 96";
+        assert_eq!(
+            record_end(l, SEG),
+            Some((Lsn(0x15373B8), Lsn(0x15373B8 + 59)))
+        );
+        let s = "rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: 0/01537590, prev 0/015373F8, desc: SWITCH ";
+        assert_eq!(record_end(s, SEG), Some((Lsn(0x1537590), Lsn(0x2000000))));
+    }
+
+    fn inventory(segments: &[(u32, u64)], histories: &[(u32, &str)]) -> Inventory {
+        use pgpitr_wal::history::History;
+        use pgpitr_wal::store::{Object, Store};
+        use pgpitr_wal::timeline::{parse_history, Timelines};
+        let objects: Vec<Object> = segments
+            .iter()
+            .map(|&(tli, segno)| Object {
+                name: WalName::segment(tli, segno, SEG),
+                sha256: "0".repeat(64),
+                suffix: ".zst",
+                path: Default::default(),
+                stored_bytes: 1,
+                mtime: std::time::UNIX_EPOCH,
+            })
+            .collect();
+        let mut timelines = Timelines::default();
+        for (tli, text) in histories {
+            timelines
+                .histories
+                .insert(*tli, parse_history(text).unwrap());
+        }
+        let history = History::new(timelines.clone(), objects.iter().map(|o| o.name.tli()));
+        Inventory {
+            store: Store::new(Path::new("/nonexistent")),
+            meta: None,
+            objects,
+            backups: Vec::new(),
+            timelines,
+            history,
+            seg_size: SEG,
+            cache_path: None,
+        }
+    }
+
+    fn end(timeline: u32, lsn: &str) -> WalEnd {
+        WalEnd {
+            timeline,
+            end: lsn.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_live_server_is_never_behind_what_it_archived() {
+        // Archived up to segment 4; the server's WAL goes on into segment 5 (crashed or
+        // stopped there), or ends right at 5's start (its last record a SWITCH).
+        let inv = inventory(&[(1, 2), (1, 3), (1, 4)], &[]);
+        assert_eq!(standing(&inv, end(1, "0/5000100")), Standing::Current);
+        assert_eq!(standing(&inv, end(1, "0/5000000")), Standing::Current);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_archive_is_behind() {
+        let inv = inventory(&[(1, 2), (1, 3), (1, 4)], &[]);
+        // Its WAL ends inside segment 4, which the archive holds complete.
+        let Standing::Behind(why) = standing(&inv, end(1, "0/4000100")) else {
+            panic!("behind")
+        };
+        assert!(why.contains("000000010000000000000004"), "{why}");
+        assert!(matches!(
+            standing(&inv, end(1, "0/3000000")),
+            Standing::Behind(_)
+        ));
+    }
+
+    #[test]
+    fn a_newer_timeline_after_the_end_means_behind_before_it_diverged() {
+        // Timeline 2 left timeline 1 at 0/4000100 (its switch segment on timeline 1 was
+        // archived only as .partial, so segment 4 is not there on timeline 1).
+        let inv = inventory(&[(1, 3), (2, 4), (2, 5)], &[(2, "1\t0/4000100\tx\n")]);
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000080")),
+            Standing::Behind(w) if w.contains("timeline 2")
+        ));
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000100")),
+            Standing::Behind(_)
+        ));
+        assert!(matches!(
+            standing(&inv, end(1, "0/4000200")),
+            Standing::Diverged(w) if w.contains("timeline 2 at 0/4000100")
+        ));
+        // On timeline 2 itself, with nothing newer: current.
+        assert_eq!(standing(&inv, end(2, "0/6000028")), Standing::Current);
+        // Further timelines through 2: followed along the graph.
+        let inv = inventory(
+            &[(1, 3), (2, 4), (3, 6)],
+            &[
+                (2, "1\t0/4000100\tx\n"),
+                (3, "1\t0/4000100\tx\n2\t0/6000000\ty\n"),
+            ],
+        );
+        assert!(matches!(
+            standing(&inv, end(2, "0/5000000")),
+            Standing::Behind(w) if w.contains("timeline 3")
+        ));
+    }
+
+    #[test]
+    fn error_positions() {
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: error in WAL record at 0/3000148: invalid record length at 0/3000180: wanted 24, got 0",
+                SEG
+            ),
+            Some(Lsn(0x3000180))
+        );
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: could not find file \"000000010000000000000002\": No such file or directory",
+                SEG
+            ),
+            Some(Lsn(0x2000000))
+        );
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: error in WAL record at 0/4FFFF88: unexpected pageaddr 0/1000000 in log segment 000000010000000000000005, offset 0",
+                SEG
+            ),
+            Some(Lsn(0x5000000))
+        );
+        assert_eq!(error_position("pg_waldump: error: nothing", SEG), None);
+    }
+}
