@@ -200,6 +200,9 @@ replay_run() { # VARIANT -> secs
   touch "$r/recovery.signal"
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$r"
   sync
+  # A fresh log each run: pg_ctl -l appends, and a "ready" line from the previous round would
+  # end the wait below at once.
+  rm -f "$work/replay-$v.log"
   t0=$(now)
   # pg_ctl -w returns when recovery starts (no hot standby): wait for the end of recovery.
   as_pg "$BIN/pg_ctl" start -D "$r" -l "$work/replay-$v.log" >/dev/null

@@ -313,4 +313,24 @@ fn sync_prints_restic_progress_without_a_terminal() {
         "{}",
         r.stderr
     );
+    // Fetching for a restore from offsite: what has arrived so far, once per interval.
+    let into = c.root.join("from-offsite-progress");
+    c.track(&into);
+    let out = std::process::Command::new(c.tools.join("pgpitr"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["restore", "--from", "offsite", "--to", "latest", "--into"])
+        .arg(&into)
+        .args(["--port", "5437"])
+        .env("PGPITR_PROGRESS_SECONDS", "0.02")
+        .output()
+        .unwrap();
+    let r = pgpitr_integration::Run::from(out).ok();
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("restic restore of ") && l.contains("MiB so far")),
+        "{}",
+        r.stderr
+    );
 }

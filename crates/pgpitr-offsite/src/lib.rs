@@ -357,7 +357,7 @@ pub fn fetch_for_restore(
     let (meta_files, _) = wanted_files(&wal, &listings, |rel, _| {
         rel == pgpitr_wal::store::META_FILE || rel.starts_with("history/")
     });
-    fetch_files(&restic, &wal, &meta_files, staging, &archive)?;
+    fetch_files(&restic, &wal, &meta_files, staging, &archive, &mut *say)?;
     let decoder = pgpitr_wal::codec::Decoder::from_config(cfg.encryption.as_ref())
         .map_err(|e| OffsiteError::Refused(e.to_string()))?;
     let store = pgpitr_wal::store::Store::new(&archive);
@@ -395,7 +395,7 @@ pub fn fetch_for_restore(
         info.id, snap.short_id
     ));
     let tmp = staging.join(".restic");
-    restic.restore(&snap.id, &tmp, &[])?;
+    restic.restore(&snap.id, &tmp, &[], &mut *say)?;
     let backups_dir = staging.join("backups");
     fs::create_dir_all(&backups_dir).map_err(io_err("create staging backups"))?;
     move_out(&tmp, &snap.paths[0], &backups_dir.join(&info.id))?;
@@ -421,7 +421,7 @@ pub fn fetch_for_restore(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    fetch_files(&restic, &wal, &files, staging, &archive)?;
+    fetch_files(&restic, &wal, &files, staging, &archive, &mut *say)?;
 
     let mut staged = cfg.clone();
     staged.archive.dir = archive;
@@ -473,6 +473,7 @@ fn fetch_files(
     files: &[WalFile],
     staging: &Path,
     archive: &Path,
+    say: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let mut by_snap: std::collections::BTreeMap<usize, Vec<&WalFile>> = Default::default();
     for f in files {
@@ -481,7 +482,7 @@ fn fetch_files(
     for (i, fs_) in by_snap {
         let tmp = staging.join(format!(".restic-wal-{i}"));
         let include: Vec<String> = fs_.iter().map(|f| f.1.clone()).collect();
-        restic.restore(&wal[i].id, &tmp, &include)?;
+        restic.restore(&wal[i].id, &tmp, &include, &mut *say)?;
         for (_, original, rel) in fs_ {
             let src = tmp.join(original.trim_start_matches('/'));
             let dest = archive.join(rel);

@@ -76,6 +76,20 @@ pub struct BackupSummary {
     pub snapshot_id: String,
 }
 
+/// Bytes of the regular files under `dir` (0 when it does not exist yet).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// A `status` line of `restic backup --json`.
 #[derive(Debug, Deserialize)]
 struct BackupStatus {
@@ -347,7 +361,13 @@ impl Restic {
     }
 
     /// Restores the `include` paths (all when empty) of a snapshot under `target`.
-    pub fn restore(&self, snapshot: &str, target: &Path, include: &[String]) -> Result<()> {
+    pub fn restore(
+        &self,
+        snapshot: &str,
+        target: &Path,
+        include: &[String],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
         let mut args: Vec<String> = vec![
             "restore".into(),
             snapshot.into(),
@@ -359,7 +379,46 @@ impl Restic {
             args.push(i.clone());
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.run(&refs).map(|_| ())
+        tracing::debug!("restic {}", refs.join(" "));
+        // restic 0.14's restore prints no progress of its own without a terminal: what has
+        // arrived under `target` is measured instead, once per progress interval.
+        let mut child = self
+            .command(&refs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+            text
+        });
+        let started = std::time::Instant::now();
+        let mut said = started;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) => {}
+                Err(e) => return Err(ResticError::Missing(format!("{}: {e}", self.bin.display()))),
+            }
+            if said.elapsed() >= pgpitr_time::progress_interval() {
+                said = std::time::Instant::now();
+                progress(&format!(
+                    "restic restore of {}: {:.1} MiB so far, {:.0} s",
+                    &snapshot[..snapshot.len().min(8)],
+                    tree_bytes(target) as f64 / (1024.0 * 1024.0),
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let stderr = err_reader.join().unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.classify("restore".into(), stderr.trim().to_string()))
+        }
     }
 
     /// One file of a snapshot, in memory.
