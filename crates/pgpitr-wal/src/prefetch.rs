@@ -276,7 +276,7 @@ pub fn run_prefetcher(
     }
 }
 
-/// Fetches `names` in order into the spool with one worker per core; stops at the first name
+/// Fetches `names` in order into the spool with one worker per core but one; stops at the first name
 /// not archived yet. Returns whether anything was fetched; the first error ends the prefetcher.
 fn fetch_parallel(
     store: &Store,
@@ -285,8 +285,11 @@ fn fetch_parallel(
     names: &[&WalName],
 ) -> Result<bool> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    // One core stays PostgreSQL's: its startup process replays on one core, and a worker on
+    // every core took CPU from it (replay through the spool ran 1.19x local with one worker
+    // per core on two cores).
     let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(|n| n.get().saturating_sub(1).max(1))
         .unwrap_or(1)
         .min(names.len());
     let next = AtomicUsize::new(0);
