@@ -48,3 +48,17 @@ assert_contains() {
   case "$hay" in *"$needle"*) return 0 ;; esac
   fail "$what: expected to contain '$needle', got: $hay"
 }
+
+# switch_and_wait_archived PORT MESSAGE: switches the server's WAL segment and waits up to 20 s
+# until pg_stat_archiver counts one more archived file; fails with MESSAGE otherwise.
+switch_and_wait_archived() {
+  local port=$1 before after n
+  before="$(psql_ct "$port" -c 'select archived_count from pg_stat_archiver')"
+  psql_ct "$port" -c 'select pg_switch_wal()' >/dev/null
+  for ((n = 0; n < 100; n++)); do
+    after="$(psql_ct "$port" -c 'select archived_count from pg_stat_archiver')"
+    [ "$after" -gt "$before" ] && return 0
+    sleep 0.2
+  done
+  fail "$2"
+}

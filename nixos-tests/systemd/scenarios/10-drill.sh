@@ -11,15 +11,8 @@ scenario_drill() {
   case "$cfg" in *'"from"'*) fail "main.json carries a drill \`from\` key" ;; esac
   # The first drill goes to `latest`: a heartbeat, then a transaction after it, both archived.
   start_ok postgresql-healthcheck-main.service
-  local before after n
-  before="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5432 -c 'insert into rig values (45); select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "main did not archive before the drill"
+  psql_ct 5432 -c 'insert into rig values (45)' >/dev/null
+  switch_and_wait_archived 5432 "main did not archive before the drill"
   start_ok postgresql-drill-main.service
   local hist="$ROOT/var/backup/postgresql/main/drills.jsonl" rec
   [ -s "$hist" ] || fail "no $hist after the drill"
@@ -63,15 +56,9 @@ drill_sealed() {
   psql_ct 5435 -c 'create table if not exists rig(x int); insert into rig values (1)' >/dev/null
   start_ok postgresql-basebackup-sealed.service
   start_ok postgresql-healthcheck-sealed.service
-  local before after n
-  before="$(psql_ct 5435 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5435 -c 'insert into rig values (2); select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5435 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "sealed did not archive before the drill"
+  local n
+  psql_ct 5435 -c 'insert into rig values (2)' >/dev/null
+  switch_and_wait_archived 5435 "sealed did not archive before the drill"
   # What the archive holds is age-encrypted.
   local obj
   obj="$(ct find /var/lib/postgresql/sealed-wal-archive/wal -type f -name '*.zst.age' | head -n1)"

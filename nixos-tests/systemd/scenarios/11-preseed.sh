@@ -15,16 +15,9 @@ scenario_preseed() {
   [ -n "$first" ] || fail "the follow-up unit took no backup on the first boot"
   # Rows, archived.
   psql_ct 5434 -c 'create table rig (x int); insert into rig select generate_series(1, 50)' >/dev/null
-  local before after n tl0
+  local tl0
   tl0="$(psql_ct 5434 -c 'select timeline_id from pg_control_checkpoint()')"
-  before="$(psql_ct 5434 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5434 -c 'select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5434 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "seeded did not archive the rows"
+  switch_and_wait_archived 5434 "seeded did not archive the rows"
   # The node dies: the data folder is gone entirely.
   ctl stop postgresql-seeded.service
   ct rm -rf "$data"
@@ -48,14 +41,8 @@ scenario_preseed() {
   grep -Eq "\"timeline\": ?$tl[,}]?" "$ROOT$bdir/$newb/backup.json" ||
     fail "the follow-up backup $newb is not on timeline $tl: $(grep -o '"timeline"[^,]*' "$ROOT$bdir/$newb/backup.json")"
   # The server archives on its new timeline.
-  before="$(psql_ct 5434 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5434 -c 'insert into rig values (51); select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5434 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "seeded does not archive on its new timeline"
+  psql_ct 5434 -c 'insert into rig values (51)' >/dev/null
+  switch_and_wait_archived 5434 "seeded does not archive on its new timeline"
   # A second start does nothing: the cluster is there (restarting preseed restarts the server
   # that requires it), and the follow-up needs no backup.
   ctl restart postgresql-preseed-seeded.service

@@ -9,19 +9,12 @@ scenario_inplace() {
   start_ok postgresql-basebackup-main.service
   psql_ct 5432 -c 'create table if not exists inplace (x int); insert into inplace values (1), (2)' >/dev/null
   sleep 1
-  local t tl0 before after n
+  local t tl0
   t="$(psql_ct 5432 -c 'select now()')"
   tl0="$(psql_ct 5432 -c 'select timeline_id from pg_control_checkpoint()')"
   sleep 1
   psql_ct 5432 -c 'insert into inplace values (3), (4)' >/dev/null
-  before="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5432 -c 'select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "main did not archive before the restore"
+  switch_and_wait_archived 5432 "main did not archive before the restore"
   log "restoring main in place to $t"
   ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" --dry-run >/dev/null
   if ! ct /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" >"$RUN/inplace.out" 2>&1; then
@@ -66,18 +59,11 @@ inplace_killed_then_resumed() {
   wait_active postgresql-main.service 60
   psql_ct 5432 -c 'create table if not exists inplace2 (x int); insert into inplace2 values (5)' >/dev/null
   sleep 1
-  local t before after n
+  local t n
   t="$(psql_ct 5432 -c 'select now()')"
   sleep 1
   psql_ct 5432 -c 'insert into inplace2 values (6)' >/dev/null
-  before="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-  psql_ct 5432 -c 'select pg_switch_wal()' >/dev/null
-  for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct 5432 -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && break
-    sleep 0.2
-  done
-  [ "$after" -gt "$before" ] || fail "main did not archive before the restore"
+  switch_and_wait_archived 5432 "main did not archive before the restore"
   ct env PGPITR_TEST_HOLD_AT=restart /opt/pgpitr/bin/pgpitr --config "$cfg" restore --in-place --to "$t" \
     >"$RUN/inplace-held.out" 2>&1 &
   for ((n = 0; n < 300; n++)); do
