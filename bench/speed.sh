@@ -105,8 +105,6 @@ keep() { # VARIANT SECS RSS
   return 0
 }
 rotate() { echo "$2" | tr ' ' '\n' | awk -v r="$1" '{a[NR]=$0} END {for (i=0;i<NR;i++) print a[(i+r-1)%NR+1]}'; }
-timed() { as_pg /usr/bin/time -f %M -o "$work/rss" "$@"; }
-rss() { tail -1 "$work/rss"; }
 
 # ---------------------------------------------------------------- (a) archive
 arch_run() { # VARIANT -> "secs peakKiB"
@@ -122,17 +120,22 @@ arch_run() { # VARIANT -> "secs peakKiB"
   esac
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$d" "$work/pgbr-spool" "$work"/*.conf
   sync
+  # The loop runs as the server's user in one shell, as PostgreSQL's archiver does: one
+  # `runuser` per call (a PAM session, about 10 ms) would be timed with every tool.
   t0=$(now)
-  while read -r f; do
-    case $v in
-      one|la) (cd "$d" && timed "$work/bin/archive-wal" --config "$work/$v.toml" "pg_wal/$f" "$f") ;;
-      *) (cd "$d" && timed pgbackrest --config="$work/$v.conf" --stanza=bench archive-push "pg_wal/$f") ;;
-    esac
-    mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
-    [ "$(rss)" -gt "$mx" ] && mx=$(rss)
-  done < "$work/list"
+  as_pg bash -c '
+    d=$1 work=$2 v=$3 mx=0
+    while read -r f; do
+      case $v in
+        one|la) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" "$work/bin/archive-wal" --config "$work/$v.toml" "pg_wal/$f" "$f") ;;
+        *) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" pgbackrest --config="$work/$v.conf" --stanza=bench archive-push "pg_wal/$f") ;;
+      esac || exit 1
+      mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
+      r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r
+    done < "$work/list"
+    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" || { echo "archive $v failed" >&2; exit 1; }
   t1=$(now)
-  echo "$(echo "$t1 - $t0" | bc) $mx"
+  echo "$(echo "$t1 - $t0" | bc) $(cat "$work/maxrss")"
 }
 echo "(a) archive ..." >&2
 for round in $(seq 1 "$ROUNDS"); do
@@ -151,19 +154,28 @@ fetch_run() { # VARIANT -> "secs peakKiB"
   esac
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$d" "$work/pgbr-spool" "$work"/*.conf
   sync
+  mkdir -p "$d/fetched"; [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$d/fetched"
+  # As in (a): one shell as the server's user; each fetched file is renamed aside and
+  # compared with the original after the timing.
   t0=$(now)
-  while read -r f; do
-    case $v in
-      one|la) (cd "$d" && timed "$work/bin/restore-wal" --config "$work/$v.toml" "$f" pg_wal/RECOVERYXLOG) ;;
-      *) (cd "$d" && timed pgbackrest --config="$work/get-$v.conf" --stanza=bench archive-get "$f" pg_wal/RECOVERYXLOG) ;;
-    esac
-    cmp -s "$d/pg_wal/RECOVERYXLOG" "$work/segments/$f" || { echo "fetch $v: $f differs" >&2; exit 1; }
-    rm -f "$d/pg_wal/RECOVERYXLOG"
-    [ "$(rss)" -gt "$mx" ] && mx=$(rss)
-  done < "$work/list"
+  as_pg bash -c '
+    d=$1 work=$2 v=$3 mx=0
+    while read -r f; do
+      case $v in
+        one|la) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" "$work/bin/restore-wal" --config "$work/$v.toml" "$f" pg_wal/RECOVERYXLOG) ;;
+        *) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" pgbackrest --config="$work/get-$v.conf" --stanza=bench archive-get "$f" pg_wal/RECOVERYXLOG) ;;
+      esac || exit 1
+      mv "$d/pg_wal/RECOVERYXLOG" "$d/fetched/$f"
+      r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r
+    done < "$work/list"
+    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" || { echo "fetch $v failed" >&2; exit 1; }
   t1=$(now)
   rm -f "$d/recovery.signal"   # lets our prefetcher clean up and exit
-  echo "$(echo "$t1 - $t0" | bc) $mx"
+  while read -r f; do
+    cmp -s "$d/fetched/$f" "$work/segments/$f" || { echo "fetch $v: $f differs" >&2; exit 1; }
+  done < "$work/list"
+  rm -rf "$d/fetched"
+  echo "$(echo "$t1 - $t0" | bc) $(cat "$work/maxrss")"
 }
 # Both archives hold the same segments from (a): ours from the look-ahead run.
 sed -i "s|arch-one|arch-la|" "$work/one.toml"
