@@ -388,11 +388,20 @@ impl PgCtl<'_> {
 
     /// The command line an operator runs to stop this server.
     pub fn stop_hint(&self) -> String {
-        let base = format!(
-            "{} stop -D {} -m fast",
-            self.bins.path("pg_ctl").display(),
-            self.data_dir.display()
-        );
+        self.hint(&format!("stop -D {} -m fast", self.data_dir.display()))
+    }
+
+    /// The command line an operator runs to start this server, logging to `log_file`.
+    pub fn start_hint(&self, log_file: &Path) -> String {
+        self.hint(&format!(
+            "start -D {} -l {}",
+            self.data_dir.display(),
+            log_file.display()
+        ))
+    }
+
+    fn hint(&self, args: &str) -> String {
+        let base = format!("{} {args}", self.bins.path("pg_ctl").display());
         match self.account {
             Some(a) => format!("runuser -u {} -- {base}", a.name),
             None => base,

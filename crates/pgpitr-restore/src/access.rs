@@ -88,17 +88,32 @@ pub fn remove(data_dir: &Path) -> Result<()> {
 
 /// Hands a server pgpitr started with its own access files over to its own configuration:
 /// stops it, starts it again (waiting until it accepts connections) and removes the files.
-/// Nothing to do when the files are not in use.
-pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Result<bool> {
+/// The server has recovered by then, so a failure here is not a failed restore: it comes back
+/// as a warning that says how to start the server. `None` when the files are not in use.
+pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<String> {
     if !in_use(ctl.data_dir) {
-        return Ok(false);
+        return None;
     }
-    if ctl.is_running() {
-        ctl.stop()?;
-        ctl.start(log_file, "", true)?;
-    }
-    remove(ctl.data_dir)?;
-    Ok(true)
+    let r = (|| -> Result<()> {
+        if ctl.is_running() {
+            ctl.stop()?;
+            ctl.start(log_file, "", true)?;
+        }
+        remove(ctl.data_dir)
+    })();
+    Some(match r {
+        Ok(()) => "restarted the promoted server with its own configuration (pg_hba.conf)".into(),
+        Err(e) => {
+            let [hba, ident] = files(ctl.data_dir);
+            format!(
+                "warning: the server recovered, but restarting it with its own configuration failed ({e}); start it with `{}` (see {}), then remove {} and {}",
+                ctl.start_hint(log_file),
+                log_file.display(),
+                hba.display(),
+                ident.display()
+            )
+        }
+    })
 }
 
 #[cfg(test)]

@@ -291,8 +291,10 @@ pub fn execute(
             }
         }
     };
-    if opts.hand_over && !opts.pause && crate::access::hand_over(&ctl, &log_file)? {
-        say("restarted the promoted server with its own configuration (pg_hba.conf)");
+    if opts.hand_over && !opts.pause {
+        if let Some(m) = crate::access::hand_over(&ctl, &log_file) {
+            say(&m);
+        }
     }
     let log = fs::read_to_string(&log_file).unwrap_or_default();
     let stop_reason = log.lines().find_map(|l| {

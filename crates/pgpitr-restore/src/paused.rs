@@ -146,7 +146,9 @@ pub fn promote(cfg: &Config, bins: &Bins, data_dir: &Path) -> Result<RestoreRepo
         account: account.as_ref(),
         data_dir,
     };
-    crate::access::hand_over(&ctl, &log_path(data_dir))?;
+    if let Some(m) = crate::access::hand_over(&ctl, &log_path(data_dir)) {
+        eprintln!("{m}");
+    }
     report(
         cfg,
         bins,
