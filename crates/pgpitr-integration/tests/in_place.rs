@@ -440,3 +440,36 @@ fn pause_look_retarget_promote() {
     drop(rdb);
     drop(db);
 }
+
+/// The replay server starts without waiting for connections; `PgCtl::start` still returns
+/// only once the postmaster is visible in postmaster.pid (pg_ctl itself returns before, and a
+/// pgpitr killed in that gap left a postmaster starting unseen: `--undo` then put the old data
+/// back under it). A server that cannot start is an error carrying its FATAL line.
+#[test]
+fn background_start_returns_once_the_postmaster_is_visible() {
+    let c = Cluster::start(ClusterOptions::default());
+    c.stop_server(c.data());
+    let ctl = pgpitr_pg::PgCtl {
+        bins: &c.bins,
+        account: c.account.as_ref(),
+        data_dir: c.data(),
+    };
+    let log = c.root.join("background.log");
+    for _ in 0..3 {
+        ctl.start(&log, "", false).unwrap();
+        assert!(
+            ctl.is_running(),
+            "start returned before the postmaster was visible"
+        );
+        ctl.stop().unwrap();
+    }
+    let err = ctl
+        .start(&log, "-c no_such_setting_pgpitr=1", false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("did not start") && err.contains("no_such_setting_pgpitr"),
+        "{err}"
+    );
+    assert!(!ctl.is_running());
+}

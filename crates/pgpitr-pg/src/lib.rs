@@ -310,9 +310,53 @@ pub struct PgCtl<'a> {
 }
 
 impl PgCtl<'_> {
-    /// Starts the server with extra `postgres` options, logging to `log_file`; returns when
-    /// pg_ctl returns (use `wait: false` when recovery may take long).
+    /// Starts the server with extra `postgres` options, logging to `log_file`. With `wait`,
+    /// returns when pg_ctl says the server accepts connections; without (recovery may take
+    /// long), once the postmaster has written its `postmaster.pid` in this folder. pg_ctl
+    /// itself returns before that, and a caller killed in that gap would leave a postmaster
+    /// that is about to start where nothing can see it yet.
     pub fn start(&self, log_file: &Path, options: &str, wait: bool) -> Result<()> {
+        // pg_ctl appends to the log: only what this start writes counts.
+        let from = std::fs::metadata(log_file).map(|m| m.len()).unwrap_or(0);
+        self.launch(log_file, options, wait)?;
+        if !wait {
+            self.wait_started(log_file, from, Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a postmaster runs on this folder; fails early when the log says it
+    /// could not start.
+    fn wait_started(&self, log_file: &Path, from: u64, timeout: Duration) -> Result<()> {
+        let began = Instant::now();
+        loop {
+            if self.is_running() {
+                return Ok(());
+            }
+            let log = std::fs::read(log_file).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+            let fatal: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
+                .collect();
+            if !fatal.is_empty() || began.elapsed() >= timeout {
+                return Err(PgError::Other(format!(
+                    "PostgreSQL did not start on {} within {} s: {} (log {})",
+                    self.data_dir.display(),
+                    began.elapsed().as_secs(),
+                    if fatal.is_empty() {
+                        "no postmaster.pid appeared".to_string()
+                    } else {
+                        fatal.join(" | ")
+                    },
+                    log_file.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn launch(&self, log_file: &Path, options: &str, wait: bool) -> Result<()> {
         let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
         c.arg("start")
             .arg("-D")

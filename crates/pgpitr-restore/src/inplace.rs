@@ -184,11 +184,29 @@ fn stop_command(service: &Service, ctl: &PgCtl<'_>) -> String {
 fn start_command(service: &Service, ctl: &PgCtl<'_>, log: &Path) -> String {
     match service {
         Service::Systemd { unit } => format!("systemctl start {unit}"),
-        Service::PgCtl => ctl
-            .stop_hint()
-            .replace(" stop -D ", " start -D ")
-            .replace(" -m fast", &format!(" -l {}", log.display())),
+        Service::PgCtl => ctl.start_hint(log),
     }
+}
+
+/// Waits until the postmaster says Ready in postmaster.pid (no connection needed: a server
+/// whose own pg_hba.conf refuses root is still a server that came back).
+fn wait_ready(service: &Service, ctl: &PgCtl<'_>, log: &Path, what: &str) -> Result<()> {
+    let began = std::time::Instant::now();
+    while ctl.pm_status() != Some(pgpitr_pg::PmStatus::Ready) {
+        if began.elapsed() > Duration::from_secs(60) {
+            return Err(RestoreError::Recovery(format!(
+                "{what} did not come back within 60 s after `{}`; see {}{}",
+                start_command(service, ctl, log),
+                log.display(),
+                match service {
+                    Service::Systemd { unit } => format!(" and journalctl -u {unit}"),
+                    Service::PgCtl => String::new(),
+                }
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 /// How to put the old data folder back, as commands an operator can paste.
@@ -774,23 +792,7 @@ fn finish_after_restore(
             Service::PgCtl => ctl.start(&log, "", true)?,
         }
     }
-    // Ready means the postmaster says so in postmaster.pid (no connection needed: a server
-    // whose own pg_hba.conf refuses root is still a server that came back).
-    let began = std::time::Instant::now();
-    while ctl.pm_status() != Some(pgpitr_pg::PmStatus::Ready) {
-        if began.elapsed() > Duration::from_secs(60) {
-            return Err(RestoreError::Recovery(format!(
-                "the restored server did not come back within 60 s after `{}`; see {}{}",
-                start_command(&prep.service, &ctl, &log),
-                log.display(),
-                match &prep.service {
-                    Service::Systemd { unit } => format!(" and journalctl -u {unit}"),
-                    Service::PgCtl => String::new(),
-                }
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_ready(&prep.service, &ctl, &log, "the restored server")?;
     let mut warnings = Vec::new();
     let timeline = match ep.wait_connect("postgres", Duration::from_secs(10)) {
         Ok(mut client) => crate::execute::current_timeline(&mut client)?,
@@ -1054,6 +1056,9 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
             }
             Service::PgCtl => ctl.start(&log, "", true)?,
         }
+    }
+    if data_dir.join("global/pg_control").is_file() {
+        wait_ready(&j.service, &ctl, &log, "the server on the old data")?;
     }
     if journal.exists() {
         fs::remove_file(&journal).map_err(io_err(format!("remove {}", journal.display())))?;
