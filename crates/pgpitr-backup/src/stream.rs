@@ -176,7 +176,7 @@ pub(crate) fn stream(
             progress,
         );
         let mut tmp = pgpitr_durable::TempFile::new_in(dir, &stored_name, 0o640)?;
-        let mut hw = HashingWriter::new(tmp.file());
+        let mut hw = HashingWriter::new(tmp.file(), true);
         let encoded = encoder.encode(
             Tee {
                 inner: BufReader::with_capacity(1 << 20, stdout),

@@ -372,8 +372,11 @@ fn prefetch_hands_over_only_verified_files_of_the_exact_name() {
         .join("pg_wal")
         .join(SPOOL_DIR)
         .join(format!("{s4}-{}", "0".repeat(64)));
-    fs::write(&stale, fs::read(pg_wal.join(&segs[6])).unwrap()).unwrap();
-    c.chown(&stale);
+    // Written and chowned aside, then renamed in: a running prefetcher may remove it at once.
+    let aside = c.root.join("stale-entry");
+    fs::write(&aside, fs::read(pg_wal.join(&segs[6])).unwrap()).unwrap();
+    c.chown(&aside);
+    fs::rename(&aside, &stale).unwrap();
     let out = restore_wal(&c, &cfg, &dir, &segs[3]);
     assert!(
         out.status.success(),

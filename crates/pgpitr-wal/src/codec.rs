@@ -5,7 +5,7 @@
 use crate::{Result, WalError};
 use pgpitr_config::{Compression, EncryptionConfig};
 use sha2::{Digest, Sha256};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -187,11 +187,27 @@ impl Decoder {
         input: R,
         out: W,
     ) -> Result<(String, u64)> {
+        let (sha, n) = self.decode_checked(suffix, input, out, Check::Sha256)?;
+        Ok((sha.expect("Check::Sha256 always hashes"), n))
+    }
+
+    /// Decodes like `decode`, checking the bytes the cheapest sound way `check` allows:
+    /// with `Check::Frame`, a zstd frame that carries its content checksum is verified by
+    /// libzstd itself (XXH64 of every decoded byte, compared at the end of the frame; an
+    /// encrypted object is also authenticated chunk by chunk by age) and no sha256 is
+    /// computed (`None`). Anything else (an uncompressed object, a frame written without
+    /// the checksum flag) is hashed. Returns (sha256 if computed, bytes).
+    pub fn decode_checked<R: Read, W: Write>(
+        &self,
+        suffix: &str,
+        input: R,
+        out: W,
+        check: Check,
+    ) -> Result<(Option<String>, u64)> {
         let encrypted = suffix.ends_with(".age");
         let compressed = suffix.starts_with(".zst");
-        let mut out = HashingWriter::new(out);
         let input = BufReader::with_capacity(BIG_BUF, input);
-        let mut plain: Box<dyn Read + '_> = if encrypted {
+        let plain: Box<dyn Read + '_> = if encrypted {
             if self.identities.is_empty() {
                 return Err(WalError::Crypto(
                     "object is encrypted but no identity_file is configured in [encryption]".into(),
@@ -205,22 +221,41 @@ impl Decoder {
         } else {
             Box::new(input)
         };
+        let mut plain = BufReader::with_capacity(BIG_BUF, plain);
+        let trust_frame = compressed
+            && check == Check::Frame
+            && frame_has_checksum(plain.fill_buf().map_err(|e| WalError::io("read", e))?);
+        let mut out = HashingWriter::new(out, !trust_frame);
         if compressed {
-            let mut z = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                BIG_BUF, &mut plain,
-            ))
-            .map_err(|e| WalError::io("zstd init", e))?;
+            let mut z = zstd::stream::read::Decoder::with_buffer(plain)
+                .map_err(|e| WalError::io("zstd init", e))?;
             copy_big(&mut z, &mut out).map_err(|e| WalError::io("decompress", e))?;
         } else {
             copy_big(&mut plain, &mut out).map_err(|e| WalError::io("read", e))?;
         }
-        Ok(out.finish())
+        let (sha, n) = out.finish();
+        Ok((if trust_frame { None } else { Some(sha) }, n))
     }
+}
+
+/// How a decode checks what it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// sha256 of the decoded bytes, for comparison with the one in the object's name.
+    Sha256,
+    /// The zstd frame's own content checksum when it has one, sha256 otherwise.
+    Frame,
+}
+
+/// Whether `head` starts a zstd frame whose header sets Content_Checksum_flag (RFC 8878
+/// 3.1.1.1.1: bit 2 of the Frame_Header_Descriptor after the 4-byte magic).
+fn frame_has_checksum(head: &[u8]) -> bool {
+    head.len() >= 5 && head[..4] == [0x28, 0xB5, 0x2F, 0xFD] && head[4] & 0x04 != 0
 }
 
 /// sha256 of a whole reader, hex-encoded, with its length.
 pub fn sha256_reader<R: Read>(r: R) -> io::Result<(String, u64)> {
-    let mut w = HashingWriter::new(io::sink());
+    let mut w = HashingWriter::new(io::sink(), true);
     let mut r = r;
     copy_big(&mut r, &mut w)?;
     Ok(w.finish())
@@ -274,31 +309,34 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Hashes everything written through it.
+/// Hashes everything written through it (when `hash`), and counts it.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     n: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
+    pub fn new(inner: W, hash: bool) -> Self {
         HashingWriter {
             inner,
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
             n: 0,
         }
     }
-    /// (hex sha256, bytes written)
+    /// (hex sha256, or empty when not hashing; bytes written)
     pub fn finish(self) -> (String, u64) {
-        (hex::encode(self.hasher.finalize()), self.n)
+        let sha = self.hasher.map(|h| hex::encode(h.finalize()));
+        (sha.unwrap_or_default(), self.n)
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.n += n as u64;
         Ok(n)
     }
@@ -383,5 +421,52 @@ mod tests {
             .to_string();
         assert!(err.contains("decrypt"), "{err}");
         assert!(!err.contains("AGE-SECRET-KEY"), "{err}");
+    }
+
+    #[test]
+    fn frame_check_skips_sha256_only_when_the_frame_carries_its_checksum() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 97).to_le_bytes())
+            .collect();
+        let e = Encoder::new(Compression::Zstd, 1, None).unwrap();
+        let mut obj = Vec::new();
+        let m = e.encode(&data[..], &mut obj).unwrap();
+        let dec = Decoder::plain();
+        let mut back = Vec::new();
+        let (sha, n) = dec
+            .decode_checked(".zst", &obj[..], &mut back, Check::Frame)
+            .unwrap();
+        assert_eq!((sha, n, &back), (None, data.len() as u64, &data));
+        // Check::Sha256 always hashes.
+        let (sha, _) = dec
+            .decode_checked(".zst", &obj[..], Vec::new(), Check::Sha256)
+            .unwrap();
+        assert_eq!(sha.as_deref(), Some(m.sha256.as_str()));
+
+        // libzstd compares the checksum: a wrong one, or a frame cut short, is an error.
+        let mut bad = obj.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        let err = dec
+            .decode_checked(".zst", &bad[..], Vec::new(), Check::Frame)
+            .unwrap_err();
+        assert!(err.to_string().contains("decompress"), "{err}");
+        let err = dec
+            .decode_checked(".zst", &obj[..obj.len() - 3], Vec::new(), Check::Frame)
+            .unwrap_err();
+        assert!(err.to_string().contains("decompress"), "{err}");
+
+        // A frame written without the checksum flag is hashed instead.
+        let bare = zstd::stream::encode_all(&data[..], 1).unwrap();
+        assert!(!frame_has_checksum(&bare));
+        let (sha, _) = dec
+            .decode_checked(".zst", &bare[..], Vec::new(), Check::Frame)
+            .unwrap();
+        assert_eq!(sha.as_deref(), Some(m.sha256.as_str()));
+        // So is an uncompressed object.
+        let (sha, _) = dec
+            .decode_checked(".plain", &data[..], Vec::new(), Check::Frame)
+            .unwrap();
+        assert_eq!(sha.as_deref(), Some(m.sha256.as_str()));
     }
 }

@@ -11,7 +11,7 @@
 //! Safety rules:
 //! - An entry is keyed by the exact file name PostgreSQL asks for (timeline and segment) and
 //!   the sha256 of the archive object it was decoded from, and is only published (renamed
-//!   from its temp file) after that checksum was verified. The call for N takes
+//!   from its temp file) after `Store::decode_for_restore` checked it. The call for N takes
 //!   `<N>-<sha of the archive's current object for N>` and nothing else, after checking its
 //!   size and page header; a stale spool (another archive, an older recovery) therefore never
 //!   matches and is removed.
@@ -307,7 +307,7 @@ fn fetch_parallel(
                             return Ok(false);
                         };
                         let mut tmp = TempFile::new_in(spool, &t.to_string(), 0o600)?;
-                        store.decode_object(&obj, decoder, tmp.file())?;
+                        store.decode_for_restore(&obj, decoder, tmp.file())?;
                         tmp.publish_replace_unsynced(&spool.join(entry_name(t, &obj.sha256)))?;
                         Ok(true)
                     })();
