@@ -269,29 +269,46 @@ pub fn run_prefetcher(
         keep.push(want.clone());
         let present = prune(store, &spool, &keep, &mut verified)?;
         let missing: Vec<&WalName> = targets.iter().filter(|t| !present.contains(t)).collect();
-        let fetched = fetch_parallel(store, decoder, &spool, &missing)?;
+        let ready_ahead = targets.len() - missing.len();
+        let fetched = fetch_parallel(store, decoder, &spool, &missing, workers(ready_ahead))?;
         if !fetched {
             std::thread::sleep(POLL);
         }
     }
 }
 
-/// Fetches `names` in order into the spool with one worker per core but one; stops at the first name
+/// How many workers fetch, given how many segments after PostgreSQL's last request are
+/// already in the spool. While at least two are ready, PostgreSQL's replay is the slower side
+/// and keeps a core: one worker per core but one (a worker on every core took CPU from the
+/// startup process: replay through the spool ran 1.19x local instead of 1.16x on two cores).
+/// With fewer, PostgreSQL is waiting for us (its startup process sleeps in restore_command),
+/// so every core fetches.
+fn workers(ready_ahead: usize) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    workers_for(cores, ready_ahead)
+}
+
+fn workers_for(cores: usize, ready_ahead: usize) -> usize {
+    if ready_ahead >= 2 {
+        cores.saturating_sub(1).max(1)
+    } else {
+        cores
+    }
+}
+
+/// Fetches `names` in order into the spool with `workers` threads; stops at the first name
 /// not archived yet. Returns whether anything was fetched; the first error ends the prefetcher.
 fn fetch_parallel(
     store: &Store,
     decoder: &Decoder,
     spool: &Path,
     names: &[&WalName],
+    workers: usize,
 ) -> Result<bool> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    // One core stays PostgreSQL's: its startup process replays on one core, and a worker on
-    // every core took CPU from it (replay through the spool ran 1.19x local with one worker
-    // per core on two cores).
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get().saturating_sub(1).max(1))
-        .unwrap_or(1)
-        .min(names.len());
+    let workers = workers.min(names.len());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let fetched = AtomicBool::new(false);
@@ -405,4 +422,22 @@ fn branch_point(store: &Store, decoder: &Decoder, tli: u32, seg_size: u64) -> Re
         t += 1;
     }
     Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workers_for;
+
+    #[test]
+    fn every_core_fetches_only_while_postgresql_waits() {
+        // Two or more segments ready: replay is the slower side and keeps its core.
+        assert_eq!(workers_for(2, 2), 1);
+        assert_eq!(workers_for(4, 7), 3);
+        // Fewer: PostgreSQL sleeps in restore_command, every core fetches.
+        assert_eq!(workers_for(2, 0), 2);
+        assert_eq!(workers_for(4, 1), 4);
+        // One core: one worker either way.
+        assert_eq!(workers_for(1, 0), 1);
+        assert_eq!(workers_for(1, 5), 1);
+    }
 }
