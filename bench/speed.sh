@@ -107,8 +107,12 @@ keep() { # VARIANT SECS RSS
 rotate() { echo "$2" | tr ' ' '\n' | awk -v r="$1" '{a[NR]=$0} END {for (i=0;i<NR;i++) print a[(i+r-1)%NR+1]}'; }
 
 # ---------------------------------------------------------------- (a) archive
-arch_run() { # VARIANT -> "secs peakKiB"
-  local v=$1 d="$work/push-$1" mx=0 t0 t1
+# Each variant runs twice per round: `time` (the tool alone, started as PostgreSQL's
+# system() does: one fork, one exec) and `rss` (untimed, under /usr/bin/time for the peak
+# resident memory). Measuring memory inside the timed loop added a fork, an exec and a `tail`
+# per call (about 4 ms) to every tool and compressed the ratios.
+arch_run() { # VARIANT MODE(time|rss) -> "secs peakKiB"
+  local v=$1 mode=$2 d="$work/push-$1" t0 t1
   fake "$d"
   while read -r f; do cp "$work/segments/$f" "$d/pg_wal/"; touch "$d/pg_wal/archive_status/$f.ready"; done < "$work/list"
   case $v in
@@ -121,32 +125,35 @@ arch_run() { # VARIANT -> "secs peakKiB"
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$d" "$work/pgbr-spool" "$work"/*.conf
   sync
   # The loop runs as the server's user in one shell, as PostgreSQL's archiver does: one
-  # `runuser` per call (a PAM session, about 10 ms) would be timed with every tool.
+  # `runuser` per call (a PAM session, about 10 ms) would be timed with every tool. The
+  # .ready -> .done rename is PostgreSQL's (in-process there, an `mv` here for every tool).
   t0=$(now)
   as_pg bash -c '
-    d=$1 work=$2 v=$3 mx=0
+    d=$1 work=$2 v=$3 mode=$4 mx=0 pre=()
+    [ "$mode" = rss ] && pre=(/usr/bin/time -f %M -o "$work/rss")
     while read -r f; do
       case $v in
-        one|la) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" "$work/bin/archive-wal" --config "$work/$v.toml" "pg_wal/$f" "$f") ;;
-        *) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" pgbackrest --config="$work/$v.conf" --stanza=bench archive-push "pg_wal/$f") ;;
+        one|la) (cd "$d" && exec "${pre[@]}" "$work/bin/archive-wal" --config "$work/$v.toml" "pg_wal/$f" "$f") ;;
+        *) (cd "$d" && exec "${pre[@]}" pgbackrest --config="$work/$v.conf" --stanza=bench archive-push "pg_wal/$f") ;;
       esac || exit 1
       mv "$d/pg_wal/archive_status/$f.ready" "$d/pg_wal/archive_status/$f.done"
-      r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r
+      if [ "$mode" = rss ]; then r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r; fi
     done < "$work/list"
-    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" || { echo "archive $v failed" >&2; exit 1; }
+    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" "$mode" || { echo "archive $v failed" >&2; exit 1; }
   t1=$(now)
   echo "$(echo "$t1 - $t0" | bc) $(cat "$work/maxrss")"
 }
 echo "(a) archive ..." >&2
 for round in $(seq 1 "$ROUNDS"); do
   for v in $(rotate "$round" "one la pgbr pgbr-async"); do
-    read -r s m < <(arch_run "$v"); keep "a-$v" "$s" "$m"
+    read -r s _ < <(arch_run "$v" time); keep "a-$v" "$s" 0
+    read -r _ m < <(arch_run "$v" rss); keep "a-$v" 9999 "$m"
   done
 done
 
 # ---------------------------------------------------------------- (b) fetch
-fetch_run() { # VARIANT -> "secs peakKiB"
-  local v=$1 d="$work/get-$1" mx=0 t0 t1
+fetch_run() { # VARIANT MODE(time|rss) -> "secs peakKiB"
+  local v=$1 mode=$2 d="$work/get-$1" t0 t1
   fake "$d"; touch "$d/recovery.signal"
   case $v in
     pgbr|pgbr-async) rm -rf "$work/pgbr-spool"; mkdir -p "$work/pgbr-spool"
@@ -155,20 +162,23 @@ fetch_run() { # VARIANT -> "secs peakKiB"
   [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$d" "$work/pgbr-spool" "$work"/*.conf
   sync
   mkdir -p "$d/fetched"; [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$d/fetched"
-  # As in (a): one shell as the server's user; each fetched file is renamed aside and
-  # compared with the original after the timing.
+  # As in (a): one shell as the server's user, each call one fork and one exec into
+  # pg_wal/RECOVERYXLOG, then an `mv` aside (PostgreSQL renames it in-process and unlinks any
+  # old RECOVERYXLOG before the call: a tool renaming over an existing 16 MiB file makes ext4
+  # start its writeback, about 10 ms here). Every fetched file is compared after the timing.
   t0=$(now)
   as_pg bash -c '
-    d=$1 work=$2 v=$3 mx=0
+    d=$1 work=$2 v=$3 mode=$4 mx=0 pre=()
+    [ "$mode" = rss ] && pre=(/usr/bin/time -f %M -o "$work/rss")
     while read -r f; do
       case $v in
-        one|la) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" "$work/bin/restore-wal" --config "$work/$v.toml" "$f" pg_wal/RECOVERYXLOG) ;;
-        *) (cd "$d" && /usr/bin/time -f %M -o "$work/rss" pgbackrest --config="$work/get-$v.conf" --stanza=bench archive-get "$f" pg_wal/RECOVERYXLOG) ;;
+        one|la) (cd "$d" && exec "${pre[@]}" "$work/bin/restore-wal" --config "$work/$v.toml" "$f" pg_wal/RECOVERYXLOG) ;;
+        *) (cd "$d" && exec "${pre[@]}" pgbackrest --config="$work/get-$v.conf" --stanza=bench archive-get "$f" pg_wal/RECOVERYXLOG) ;;
       esac || exit 1
       mv "$d/pg_wal/RECOVERYXLOG" "$d/fetched/$f"
-      r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r
+      if [ "$mode" = rss ]; then r=$(tail -1 "$work/rss"); [ "$r" -gt "$mx" ] && mx=$r; fi
     done < "$work/list"
-    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" || { echo "fetch $v failed" >&2; exit 1; }
+    echo "$mx" > "$work/maxrss"' _ "$d" "$work" "$v" "$mode" || { echo "fetch $v failed" >&2; exit 1; }
   t1=$(now)
   rm -f "$d/recovery.signal"   # lets our prefetcher clean up and exit
   while read -r f; do
@@ -177,12 +187,15 @@ fetch_run() { # VARIANT -> "secs peakKiB"
   rm -rf "$d/fetched"
   echo "$(echo "$t1 - $t0" | bc) $(cat "$work/maxrss")"
 }
+# What the harness itself costs per call (a fork and an exec of /bin/true), in every figure.
+harness_us=$(as_pg bash -c 't0=$(date +%s%N); for i in $(seq 100); do (cd / && exec /bin/true); done; echo $(( ($(date +%s%N) - t0) / 100000 ))')
 # Both archives hold the same segments from (a): ours from the look-ahead run.
 sed -i "s|arch-one|arch-la|" "$work/one.toml"
 echo "(b) fetch ..." >&2
 for round in $(seq 1 "$ROUNDS"); do
   for v in $(rotate "$round" "one la pgbr pgbr-async"); do
-    read -r s m < <(fetch_run "$v"); keep "b-$v" "$s" "$m"
+    read -r s _ < <(fetch_run "$v" time); keep "b-$v" "$s" 0
+    read -r _ m < <(fetch_run "$v" rss); keep "b-$v" 9999 "$m"
   done
 done
 
@@ -301,4 +314,6 @@ for v in one la pgbr pgbr-async; do
   printf '%-36s %10s %10.1f %10s\n' "$(label $v)" "${ready[$v]}" "${drain[$v]}" "${walmb[$v]}"
 done
 fi
-echo "(best of $ROUNDS rounds for (a), (b) and $REPLAY_ROUNDS for (c), variants interleaved in rotating order)"
+echo "(best of $ROUNDS rounds for (a), (b) and $REPLAY_ROUNDS for (c), variants interleaved in rotating order;"
+echo " (a) and (b) time each call as PostgreSQL starts it, one fork and one exec: $harness_us us per call"
+echo " on this machine with /bin/true, included in every tool's figure; peak RSS from a separate untimed pass)"
