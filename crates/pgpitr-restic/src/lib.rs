@@ -303,12 +303,7 @@ impl Restic {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
-            text
-        });
+        let err_reader = read_stderr_in_background(&mut child);
         let mut summary = None;
         for line in BufReader::new(child.stdout.take().expect("piped stdout"))
             .lines()
@@ -388,12 +383,7 @@ impl Restic {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
-            text
-        });
+        let err_reader = read_stderr_in_background(&mut child);
         let started = std::time::Instant::now();
         let mut said = started;
         let status = loop {
@@ -462,6 +452,17 @@ impl Restic {
     pub fn unlock(&self) -> Result<()> {
         self.run(&["unlock"]).map(|_| ())
     }
+}
+
+/// Reads a child's piped stderr to the end on a thread (so a chatty child never blocks on a
+/// full pipe while we read its stdout or watch its progress); join for the text.
+fn read_stderr_in_background(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    })
 }
 
 #[cfg(test)]
