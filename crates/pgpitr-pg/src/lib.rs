@@ -339,20 +339,19 @@ impl PgCtl<'_> {
                 .lines()
                 .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
                 .collect();
-            if !fatal.is_empty() || began.elapsed() >= timeout {
-                return Err(PgError::Other(format!(
-                    "PostgreSQL did not start on {} within {} s: {} (log {})",
-                    self.data_dir.display(),
-                    began.elapsed().as_secs(),
-                    if fatal.is_empty() {
-                        "no postmaster.pid appeared".to_string()
-                    } else {
-                        fatal.join(" | ")
-                    },
-                    log_file.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            let why = if !fatal.is_empty() {
+                fatal.join(" | ")
+            } else if began.elapsed() >= timeout {
+                format!("no postmaster.pid within {} s", timeout.as_secs())
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            return Err(PgError::Other(format!(
+                "PostgreSQL did not start on {}: {why} (log {})",
+                self.data_dir.display(),
+                log_file.display()
+            )));
         }
     }
 

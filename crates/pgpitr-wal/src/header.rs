@@ -52,6 +52,30 @@ impl SegmentHeader {
     }
 }
 
+impl SegmentHeader {
+    /// Why a file of `size` bytes with this first page is not the segment `name`, if it is
+    /// not: a size other than the declared segment size, or a first page at another WAL
+    /// position than the name's. Used wherever a segment file meets its name (push, restore,
+    /// the prefetch spool).
+    pub fn mismatch(&self, name: &crate::names::WalName, size: u64) -> Option<String> {
+        if size != self.seg_size as u64 {
+            return Some(format!(
+                "it is {size} bytes but its page header declares {}-byte segments: truncated or damaged",
+                self.seg_size
+            ));
+        }
+        let expected = name.segno(size).map(|s| s * size);
+        if expected != Some(self.page_addr) {
+            return Some(format!(
+                "it starts at WAL position {:#x}, but its name says {}: renamed or damaged",
+                self.page_addr,
+                expected.map_or("no segment".into(), |e| format!("{e:#x}"))
+            ));
+        }
+        None
+    }
+}
+
 /// PostgreSQL major version that writes a given `XLOG_PAGE_MAGIC`.
 pub fn pg_major_for_magic(magic: u16) -> Option<u32> {
     Some(match magic {

@@ -176,13 +176,7 @@ fn header_matches(f: &mut File, name: &WalName) -> bool {
     if f.read_exact(&mut head).is_err() {
         return false;
     }
-    let Ok(h) = SegmentHeader::parse(&head) else {
-        return false;
-    };
-    h.seg_size as u64 == size
-        && name
-            .segno(size)
-            .is_some_and(|segno| h.page_addr == segno * size)
+    SegmentHeader::parse(&head).is_ok_and(|h| h.mismatch(name, size).is_none())
 }
 
 /// Removes the spool and the look-ahead records' leftovers when the server is not in

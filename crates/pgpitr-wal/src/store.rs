@@ -321,21 +321,8 @@ impl Store {
         let n = read_up_to(file, &mut head).map_err(|e| WalError::io(format!("read {name}"), e))?;
         let h = SegmentHeader::parse(&head[..n])
             .map_err(|e| WalError::Invalid(format!("{name} is not a valid WAL segment: {e}")))?;
-        if size != h.seg_size as u64 {
-            return Err(WalError::Invalid(format!(
-                "{name} is {size} bytes but its page header declares {}-byte segments: truncated or damaged, not archived",
-                h.seg_size
-            )));
-        }
-        let segno = name
-            .segno(size)
-            .expect("segment names carry a segment number");
-        if h.page_addr != segno * size {
-            return Err(WalError::Invalid(format!(
-                "{name} starts at WAL position {:#x}, but its name says {:#x}: the file was renamed or damaged, not archived",
-                h.page_addr,
-                segno * size
-            )));
+        if let Some(why) = h.mismatch(name, size) {
+            return Err(WalError::Invalid(format!("{name}: {why}; not archived")));
         }
         let meta = ArchiveMeta {
             format: 1,
@@ -444,14 +431,8 @@ impl Store {
             Ok(h) => h,
             Err(e) => return wrong(e),
         };
-        if h.seg_size as u64 != n {
-            return wrong(format!(
-                "it decodes to {n} bytes and its header declares {}",
-                h.seg_size
-            ));
-        }
-        if obj.name.segno(n).map(|s| s * n) != Some(h.page_addr) {
-            return wrong(format!("its first page is at {:X}", h.page_addr));
+        if let Some(why) = h.mismatch(&obj.name, n) {
+            return wrong(why);
         }
         if let Some(meta) = self.meta()? {
             if meta.system_identifier != h.system_identifier {
@@ -706,7 +687,7 @@ mod tests {
         // Another segment's valid object under this name, and a foreign cluster's segment at
         // the right address: the page header catches both. Nothing is left behind.
         for (bytes, why) in [
-            (fs::read(&objs[1].path).unwrap(), "first page"),
+            (fs::read(&objs[1].path).unwrap(), "WAL position"),
             (
                 {
                     let mut o = Vec::new();
