@@ -117,14 +117,14 @@ let
       r.timers) rendered.built);
 
   # ---- normalising ----
-  # "[Section]" + sorted non-empty lines, one list per section, in section order.
+  # Every non-empty line prefixed with its "[Section]", one sorted list.
   sections = text:
     let
       step = acc: line:
         if line == "" then acc
-        else if match "[[].*[]]" line != null then acc // { cur = line; order = acc.order ++ [ line ]; }
+        else if match "[[].*[]]" line != null then acc // { cur = line; }
         else acc // { lines = acc.lines ++ [ "${acc.cur} ${line}" ]; };
-      r = lib.foldl' step { cur = "[?]"; order = [ ]; lines = [ ]; } (lib.splitString "\n" text);
+      r = lib.foldl' step { cur = "[?]"; lines = [ ]; } (lib.splitString "\n" text);
     in lib.sort (a: b: a < b) r.lines;
   # The same script under its two names: /etc/pgpitr-rig/scripts/<unit>-<kind> (rig) and
   # /nix/store/<hash>-unit-script-<unit>-<kind>/bin/<unit>-<kind> (NixOS).
@@ -161,8 +161,10 @@ let
       };
     };
   units = lib.sort (a: b: a < b) (attrNames nixpkgs);
-  results = map compare units;
+  # A unit only nixpkgs renders is reported in `missing`, not compared (that would stop the
+  # evaluation on the missing attribute).
   missing = filter (u: !(ours ? ${u})) units;
+  results = map compare (filter (u: ours ? ${u}) units);
   differing = filter (r: r.differences.onlyOurs != [ ] || r.differences.onlyNixpkgs != [ ]) results;
 in
 {
