@@ -187,6 +187,11 @@ impl Restic {
         })
     }
 
+    /// restic could not be run or waited for.
+    fn missing(&self, e: std::io::Error) -> ResticError {
+        ResticError::Missing(format!("{}: {e}", self.bin.display()))
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.args(args)
@@ -203,10 +208,7 @@ impl Restic {
     pub fn run(&self, args: &[&str]) -> Result<String> {
         let command = args.first().copied().unwrap_or("").to_string();
         tracing::debug!("restic {}", args.join(" "));
-        let out = self
-            .command(args)
-            .output()
-            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+        let out = self.command(args).output().map_err(|e| self.missing(e))?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
@@ -302,7 +304,7 @@ impl Restic {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+            .map_err(|e| self.missing(e))?;
         let err_reader = read_stderr_in_background(&mut child);
         let mut summary = None;
         for line in BufReader::new(child.stdout.take().expect("piped stdout"))
@@ -317,9 +319,7 @@ impl Restic {
                 }
             }
         }
-        let status = child
-            .wait()
-            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+        let status = child.wait().map_err(|e| self.missing(e))?;
         let stderr = err_reader.join().unwrap_or_default();
         if !status.success() {
             return Err(self.classify("backup".into(), stderr.trim().to_string()));
@@ -382,7 +382,7 @@ impl Restic {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ResticError::Missing(format!("{}: {e}", self.bin.display())))?;
+            .map_err(|e| self.missing(e))?;
         let err_reader = read_stderr_in_background(&mut child);
         let started = std::time::Instant::now();
         let mut said = started;
@@ -390,7 +390,7 @@ impl Restic {
             match child.try_wait() {
                 Ok(Some(st)) => break st,
                 Ok(None) => {}
-                Err(e) => return Err(ResticError::Missing(format!("{}: {e}", self.bin.display()))),
+                Err(e) => return Err(self.missing(e)),
             }
             if said.elapsed() >= pgpitr_time::progress_interval() {
                 said = std::time::Instant::now();
