@@ -7,7 +7,8 @@
 
 pub mod json_schema;
 use pgpitr_config::{
-    ArchiveConfig, BackupConfig, Compression, Config, EncryptionConfig, PostgresConfig, ToolsConfig,
+    ArchiveConfig, BackupConfig, Compression, Config, EncryptionConfig, OffsiteConfig,
+    PostgresConfig, ToolsConfig,
 };
 use pgpitr_pg::{command_as, run, Account, Bins, Client, Endpoint, PgCtl};
 use std::fs;
@@ -348,6 +349,24 @@ impl Cluster {
     }
 
     /// Writes a variant of the instance config under `name` and returns its path.
+    /// An `[offsite]` section for a restic repository under the test root, its password in a
+    /// 0600 file (restic must be installed).
+    pub fn offsite_config(&self, password: &str) -> OffsiteConfig {
+        require_tool("restic", "restic");
+        let pw = self.root.join("restic-password");
+        fs::write(&pw, format!("{password}\n")).unwrap();
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+        OffsiteConfig {
+            repository: self.root.join("restic-repo").display().to_string(),
+            password_file: pw,
+            environment_file: None,
+            init: true,
+            restic_bin: None,
+            forget: Default::default(),
+            prune_interval_hours: 0,
+        }
+    }
+
     pub fn write_config(&self, cfg: &Config, name: &str) -> PathBuf {
         let p = self.root.join(name);
         fs::write(&p, cfg.to_toml()).unwrap();

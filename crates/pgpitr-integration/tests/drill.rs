@@ -5,10 +5,9 @@
 //! leftovers are cleaned by the next one; the documented alert rules pass promtool.
 
 use chrono::{DateTime, Utc};
-use pgpitr_config::{Config, DrillConfig, OffsiteConfig};
+use pgpitr_config::{Config, DrillConfig};
 use pgpitr_integration::{require_tool, Cluster, ClusterOptions, Run};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -430,18 +429,7 @@ fn offsite_drill_uses_the_restic_copies_alone() {
         ..Default::default()
     });
     let (mut cfg, _) = drill_config(&c);
-    let pw = c.root.join("restic-password");
-    fs::write(&pw, "drill-test-password\n").unwrap();
-    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
-    cfg.offsite = Some(OffsiteConfig {
-        repository: c.root.join("restic-repo").display().to_string(),
-        password_file: pw,
-        environment_file: None,
-        init: true,
-        restic_bin: None,
-        forget: Default::default(),
-        prune_interval_hours: 0,
-    });
+    cfg.offsite = Some(c.offsite_config("drill-test-password"));
     let cfgp = c.write_config(&cfg, "drill-offsite.toml");
     let mut db = prepare(&c, &cfgp);
     db.execute("INSERT INTO t (tag) VALUES ('after')", &[])

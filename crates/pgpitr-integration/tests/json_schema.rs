@@ -8,7 +8,6 @@ use pgpitr_integration::json_schema::{assert_valid, schemas};
 use pgpitr_integration::{built_bins, rows_around_target, Cluster, ClusterOptions};
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Instant;
 
@@ -127,20 +126,12 @@ fn every_json_output_follows_docs_json_md() {
         keep_last: Some(1),
         ..Default::default()
     });
-    let pw = c.root.join("restic-password");
-    fs::write(&pw, "json-schema-test\n").unwrap();
-    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
     cfg.offsite = Some(OffsiteConfig {
-        repository: c.root.join("restic-repo").display().to_string(),
-        password_file: pw,
-        environment_file: None,
-        init: true,
-        restic_bin: None,
         forget: ForgetPolicy {
             keep_last: 5,
             ..Default::default()
         },
-        prune_interval_hours: 0,
+        ..c.offsite_config("json-schema-test")
     });
     let cfgp = c.write_config(&cfg, "json.toml");
     c.track(&c.root.join("drill/data"));

@@ -17,9 +17,6 @@ const PASSWORD: &str = "correct-horse-battery-staple-7f3a";
 /// (then execs the real restic).
 fn with_offsite(c: &Cluster, keep_last: u32) -> (PathBuf, PathBuf) {
     require_tool("restic", "restic");
-    let pw = c.root.join("restic-password");
-    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
     let log = c.root.join("restic-argv.log");
     let wrapper = c.root.join("restic-recording-argv");
     fs::write(
@@ -33,16 +30,12 @@ fn with_offsite(c: &Cluster, keep_last: u32) -> (PathBuf, PathBuf) {
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let mut cfg = c.cfg.clone();
     cfg.offsite = Some(OffsiteConfig {
-        repository: c.root.join("restic-repo").display().to_string(),
-        password_file: pw,
-        environment_file: None,
-        init: true,
         restic_bin: Some(wrapper),
         forget: ForgetPolicy {
             keep_last,
             ..Default::default()
         },
-        prune_interval_hours: 0,
+        ..c.offsite_config(PASSWORD)
     });
     (c.write_config(&cfg, "offsite.toml"), log)
 }

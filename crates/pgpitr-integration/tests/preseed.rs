@@ -4,7 +4,7 @@
 //! point-in-time restore across the switch works. Refusals leave the folder byte-identical;
 //! a preseed killed at each step leaves nothing PostgreSQL would start on as complete.
 
-use pgpitr_config::{Config, OffsiteConfig, PreseedMethod, ZfsConfig};
+use pgpitr_config::{Config, PreseedMethod, ZfsConfig};
 use pgpitr_integration::{built_bins, require_tool, tags, Cluster, ClusterOptions, Run};
 use std::collections::BTreeMap;
 use std::fs;
@@ -61,22 +61,6 @@ fn snapshot_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out);
     out
-}
-
-fn offsite_config(c: &Cluster) -> OffsiteConfig {
-    require_tool("restic", "restic");
-    let pw = c.root.join("restic-password");
-    fs::write(&pw, "preseed-test-password-91c2\n").unwrap();
-    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
-    OffsiteConfig {
-        repository: c.root.join("restic-repo").display().to_string(),
-        password_file: pw,
-        environment_file: None,
-        init: true,
-        restic_bin: None,
-        forget: Default::default(),
-        prune_interval_hours: 0,
-    }
 }
 
 /// After a preseed: starts the server, checks the rows, writes on the new timeline,
@@ -168,7 +152,7 @@ fn source(offsite: bool) -> (Cluster, String, PathBuf) {
     install_preseed(&c);
     let mut cfg = c.cfg.clone();
     if offsite {
-        cfg.offsite = Some(offsite_config(&c));
+        cfg.offsite = Some(c.offsite_config("preseed-test-password-91c2"));
     }
     let cfg_path = c.write_config(&cfg, "source.toml");
     let mut db = c.connect(5432);
@@ -472,7 +456,7 @@ fn refusals_leave_the_folder_untouched() {
     );
     cfg.archive.dir = c.root.join("nas/archive");
     cfg.backup.dir = c.root.join("nas/backups");
-    let mut off = offsite_config(&c);
+    let mut off = c.offsite_config("preseed-test-password-91c2");
     off.repository = c.root.join("nas/restic").display().to_string();
     off.init = false;
     cfg.offsite = Some(off);
