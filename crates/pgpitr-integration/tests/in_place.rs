@@ -342,7 +342,7 @@ fn refusals_change_nothing() {
 fn pause_look_retarget_promote() {
     let c = Cluster::start(ClusterOptions::default());
     let mut db = c.connect(5432);
-    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, tag text NOT NULL); INSERT INTO t (tag) VALUES ('a1')")
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, tag text NOT NULL); INSERT INTO t (tag) VALUES ('a1'); CREATE ROLE nobody LOGIN")
         .unwrap();
     c.basebackup();
     let t1 = rows_around_target(&mut db, "p-before", "p-after");
@@ -368,6 +368,26 @@ fn pause_look_retarget_promote() {
         "a paused restore must be read-only"
     );
     drop(rdb);
+    if c.account.is_some() {
+        // As root, the paused server runs with pgpitr's access files: root and the server's
+        // own OS user get in, another local user with a role of its name does not.
+        let out = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(c.bins.path("psql"))
+            .arg("-h")
+            .arg(&c.cfg.postgres.socket_dir)
+            .args([
+                "-p", "5433", "-U", "nobody", "-d", "postgres", "-Atc", "SELECT 1",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "nobody got into the paused restore");
+        assert!(
+            err.contains("authentication failed") || err.contains("no pg_hba.conf entry"),
+            "refused for another reason than the access map: {err}"
+        );
+    }
 
     // Move the target later without starting over.
     let r = c

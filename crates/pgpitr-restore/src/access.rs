@@ -15,7 +15,7 @@
 //! starts the instance's service) it stops that server and starts it with its own
 //! configuration, and removes the files.
 
-use crate::{io_err, Result};
+use crate::{io_err, RestoreError, Result};
 use pgpitr_pg::{Account, PgCtl};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,16 +51,25 @@ pub fn start_options(account: Option<&Account>, data_dir: &Path, db_user: &str) 
     let Some(account) = account else {
         return Ok(String::new());
     };
+    if db_user.contains(['"', '\n']) || account.name.contains(['"', '\n']) {
+        return Err(RestoreError::Refused(format!(
+            "cannot write an ident map for database user {db_user:?}: it contains a double quote or a line break"
+        )));
+    }
     let [hba, ident] = files(data_dir);
     let hba_text =
         "# Written by pgpitr for the server it runs during a restore (removed when it hands\n\
                     # the server over): local peer connections, through the map below.\n\
                     local all all peer map=pgpitr\n\
                     local replication all peer map=pgpitr\n";
+    // Only root (pgpitr, an operator looking at a paused restore) and the server's own OS
+    // user get in; other local users wait for the instance's own pg_hba.conf.
+    let os = &account.name;
     let ident_text = format!(
         "# Written by pgpitr for the server it runs during a restore.\n\
-         pgpitr root {db_user}\n\
-         pgpitr /^(.*)$ \\1\n"
+         pgpitr root \"{db_user}\"\n\
+         pgpitr \"{os}\" \"{db_user}\"\n\
+         pgpitr \"{os}\" \"{os}\"\n"
     );
     for (path, text) in [(&hba, hba_text.to_string()), (&ident, ident_text)] {
         pgpitr_durable::write_replace_atomic(path, text.as_bytes(), 0o600)?;
@@ -94,15 +103,19 @@ pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<String> {
     if !in_use(ctl.data_dir) {
         return None;
     }
+    let running = ctl.is_running();
     let r = (|| -> Result<()> {
-        if ctl.is_running() {
+        if running {
             ctl.stop()?;
             ctl.start(log_file, "", true)?;
         }
         remove(ctl.data_dir)
     })();
     Some(match r {
-        Ok(()) => "restarted the promoted server with its own configuration (pg_hba.conf)".into(),
+        Ok(()) if running => {
+            "restarted the promoted server with its own configuration (pg_hba.conf)".into()
+        }
+        Ok(()) => "removed pgpitr's access files (the server was not running)".into(),
         Err(e) => {
             let [hba, ident] = files(ctl.data_dir);
             format!(
