@@ -234,14 +234,15 @@ pub fn verify(cfg: &Config, quick: bool) -> crate::Result<VerifyReport> {
         }
     }
     let mut warnings = Vec::new();
-    let windows = match windows(cfg, &decoder, &problems) {
-        Ok(w) => w,
+    let computed = match windows(cfg, &decoder, &problems) {
+        Ok(w) => Some(w),
         Err(e) => {
             warnings.push(format!("the restorable windows cannot be computed: {e}"));
-            Vec::new()
+            None
         }
     };
-    let next_steps = next_steps(cfg, &problems, &windows);
+    let next_steps = next_steps(cfg, &problems, computed.as_deref());
+    let windows = computed.unwrap_or_default();
     Ok(VerifyReport {
         ok: problems.is_empty(),
         quick,
@@ -293,8 +294,11 @@ fn windows(cfg: &Config, decoder: &Decoder, problems: &[Problem]) -> Result<Vec<
     Ok(out)
 }
 
-/// What the operator does next, given what is damaged and where the windows now end.
-fn next_steps(cfg: &Config, problems: &[Problem], windows: &[Stretch]) -> Vec<String> {
+/// What the operator does next, given what is damaged and where the windows now end (`None`:
+/// they could not be computed, so nothing is said about them).
+fn next_steps(cfg: &Config, problems: &[Problem], windows: Option<&[Stretch]>) -> Vec<String> {
+    let none_left = windows.is_some_and(|w| w.is_empty());
+    let windows = windows.unwrap_or_default();
     let mut steps = Vec::new();
     if problems.is_empty() {
         return steps;
@@ -311,7 +315,7 @@ fn next_steps(cfg: &Config, problems: &[Problem], windows: &[Stretch]) -> Vec<St
         .filter(|p| matches!(p.kind, "gap" | "truncated" | "corrupt"))
         .map(|p| p.name.as_str())
         .collect();
-    if !cuts.is_empty() || !damaged_backups.is_empty() || windows.is_empty() {
+    if !cuts.is_empty() || !damaged_backups.is_empty() || none_left {
         let mut s = format!(
             "take a new base backup now ({config}) so the restorable window restarts after the damage"
         );
@@ -437,5 +441,31 @@ impl std::fmt::Display for VerifyReport {
                 "verify found problems"
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_that_cannot_be_computed_are_not_taken_for_none_left() {
+        let cfg = Config::parse(
+            std::path::Path::new("t.toml"),
+            "instance = \"t\"\n[archive]\ndir = \"/a\"\n[backup]\ndir = \"/b\"\n",
+        )
+        .unwrap();
+        let history = [Problem {
+            kind: "history",
+            name: "00000002.history".into(),
+            detail: "missing".into(),
+        }];
+        let new_backup = |steps: &[String]| steps.iter().any(|s| s.contains("new base backup"));
+        // Unknown windows: only the history step, no claim that nothing is restorable.
+        let steps = next_steps(&cfg, &history, None);
+        assert!(!new_backup(&steps), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("history")), "{steps:?}");
+        // Computed and empty: nothing is restorable, a new base backup is the first step.
+        assert!(new_backup(&next_steps(&cfg, &history, Some(&[]))));
     }
 }
