@@ -679,12 +679,16 @@ fn remove_snapshot_pid_file(data: &Path, say: &mut dyn FnMut(&str)) -> Result<()
     let Ok(text) = fs::read_to_string(&pid_file) else {
         return Ok(());
     };
+    use std::os::unix::fs::MetadataExt;
     let pid = text.lines().next().unwrap_or("").trim().to_string();
-    let proc_dir = Path::new("/proc").join(&pid);
-    let runs_here = !pid.is_empty()
-        && fs::read_link(proc_dir.join("cwd"))
-            .is_ok_and(|cwd| fs::canonicalize(data).is_ok_and(|d| d == cwd))
-        && fs::read_to_string(proc_dir.join("cmdline")).is_ok_and(|c| c.contains("postgres"));
+    // The same folder by device and inode (the process may see it under another path, in
+    // another mount namespace); a first line that is no PID names no process.
+    let same_dir = |a: &Path, b: &Path| matches!((fs::metadata(a), fs::metadata(b)), (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()));
+    let runs_here = pid.parse::<u32>().is_ok_and(|n| {
+        let proc_dir = Path::new("/proc").join(n.to_string());
+        same_dir(&proc_dir.join("cwd"), data)
+            && fs::read_to_string(proc_dir.join("cmdline")).is_ok_and(|c| c.contains("postgres"))
+    });
     if runs_here {
         return Err(PreseedError::Refused(format!(
             "a PostgreSQL server (pid {pid}) runs on {}: stop it before preseed",
@@ -1004,6 +1008,39 @@ fn run_empty(ctx: &Context<'_>, say: &mut dyn FnMut(&str)) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copied_pid_file_goes_unless_a_postgres_runs_on_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("postmaster.pid");
+        let mut said = Vec::new();
+        // A process named postgres whose working folder is this one (reached by another
+        // path: a symlink): refused, the file stays.
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "exec -a postgres sleep 30"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let link = dir.path().with_extension("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        fs::write(&pid_file, format!("{}\n{}\n", child.id(), link.display())).unwrap();
+        let err = remove_snapshot_pid_file(&link, &mut |l| said.push(l.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stop it before preseed"), "{err}");
+        assert!(pid_file.exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fs::remove_file(&link).unwrap();
+        // The snapshot's PID, now no process (or not a PID at all): removed.
+        for first in [child.id().to_string(), "self".into()] {
+            fs::write(&pid_file, format!("{first}\n")).unwrap();
+            remove_snapshot_pid_file(dir.path(), &mut |l| said.push(l.to_string())).unwrap();
+            assert!(!pid_file.exists(), "{first}");
+        }
+        assert!(said.iter().all(|l| l.contains("removed the copy's postmaster.pid")));
+    }
 
     #[test]
     fn syncoid_source_syntax() {
