@@ -302,6 +302,18 @@ impl Endpoint {
     }
 }
 
+/// What a file holds from byte `from` on (empty when it cannot be read).
+fn read_from(path: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_end(&mut text);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// pg_ctl operations on one data folder.
 pub struct PgCtl<'a> {
     pub bins: &'a Bins,
@@ -333,8 +345,7 @@ impl PgCtl<'_> {
             if self.is_running() {
                 return Ok(());
             }
-            let log = std::fs::read(log_file).unwrap_or_default();
-            let log = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
+            let log = read_from(log_file, from);
             let fatal: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("FATAL") || l.contains("PANIC"))

@@ -1039,7 +1039,9 @@ mod tests {
             remove_snapshot_pid_file(dir.path(), &mut |l| said.push(l.to_string())).unwrap();
             assert!(!pid_file.exists(), "{first}");
         }
-        assert!(said.iter().all(|l| l.contains("removed the copy's postmaster.pid")));
+        assert!(said
+            .iter()
+            .all(|l| l.contains("removed the copy's postmaster.pid")));
     }
 
     #[test]

@@ -469,8 +469,9 @@ pub(crate) fn follow_replay(
     let mut refused = false;
     // Without a terminal (journald, a pipe), a progress line through `say` every few seconds.
     let mut said = Instant::now();
+    let every = pgpitr_time::progress_interval();
     let mut periodic = |line: &str| {
-        if !progress && said.elapsed() >= pgpitr_time::progress_interval() {
+        if !progress && said.elapsed() >= every {
             said = Instant::now();
             say(line.trim());
         }
