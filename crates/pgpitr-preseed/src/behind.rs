@@ -65,24 +65,30 @@ pub fn wal_end(
     let pg_wal = data_dir.join("pg_wal");
     let mut start = redo;
     // Promoted but killed before its first checkpoint on the new timeline: the history file
-    // it wrote says where that timeline began.
+    // it wrote says where that timeline began. Only a timeline branched from the folder's
+    // own counts: pg_wal also keeps history files restored from the archive.
+    let mut histories = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&pg_wal) {
-        let newest = rd
-            .flatten()
-            .filter_map(|e| match WalName::parse(&e.file_name().to_string_lossy()) {
-                Some(WalName::History { tli }) if tli > timeline => Some((tli, e.path())),
-                _ => None,
-            })
-            .max_by_key(|(t, _)| *t);
-        if let Some((tli, path)) = newest {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("read {}: {e}", path.display()))?;
-            let h = pgpitr_wal::timeline::parse_history(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if let Some(last) = h.last() {
-                timeline = tli;
-                start = start.max(last.switch);
+        for e in rd.flatten() {
+            if let Some(WalName::History { tli }) = WalName::parse(&e.file_name().to_string_lossy())
+            {
+                if tli > timeline {
+                    histories.push((tli, e.path()));
+                }
             }
+        }
+    }
+    histories.sort();
+    let own = timeline;
+    for (tli, path) in histories.into_iter().rev() {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let h = pgpitr_wal::timeline::parse_history(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(last) = h.last().filter(|l| l.parent == own) {
+            timeline = tli;
+            start = start.max(last.switch);
+            break;
         }
     }
     let mut child = Command::new(bins.path("pg_waldump"))
