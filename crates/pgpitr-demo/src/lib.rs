@@ -81,10 +81,7 @@ impl Drop for Cleanup {
                 account: self.account.as_ref(),
                 data_dir: d,
             };
-            if ctl.is_running() {
-                let _ = ctl.stop();
-            }
-            let _ = pgpitr_restore::access::remove(d);
+            let _ = pgpitr_restore::access::release(&ctl);
         }
         if let Some(f) = self.folder.take() {
             if self.keep {

@@ -61,10 +61,9 @@ pub fn clean(
                     cfg.postgres.port
                 )));
             }
-            ctl.stop()?;
             found.push("stopped its scratch server");
         }
-        pgpitr_restore::access::remove(&data)?;
+        pgpitr_restore::access::release(&ctl)?;
         remove_dir(&data)?;
         found.push("removed its restored copy");
     }
@@ -128,10 +127,7 @@ pub fn remove(bins: &Bins, account: Option<&Account>, sc: &Scratch) -> Result<()
             account,
             data_dir: &data,
         };
-        if ctl.is_running() {
-            ctl.stop()?;
-        }
-        pgpitr_restore::access::remove(&data)?;
+        pgpitr_restore::access::release(&ctl)?;
         remove_dir(&data)?;
     }
     // The restore's log beside the copy (the drill's record keeps what each step found).

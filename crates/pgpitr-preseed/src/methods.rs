@@ -155,10 +155,7 @@ fn restore_from(
     };
     let report = execute(cfg, &ctx.bins, &ctx.decoder, &p, &opts, say);
     // Stopped in every case: preseed leaves no server running (its unit starts it).
-    if ctl.is_running() {
-        ctl.stop()?;
-    }
-    pgpitr_restore::access::remove(&stage)?;
+    pgpitr_restore::access::release(&ctl)?;
     let report = report?;
     say("restored server promoted and stopped; moving it into place");
     place::put_in_place(&stage, data_dir, ctx.account.as_ref())?;

@@ -95,6 +95,16 @@ pub fn remove(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Stops the server on `ctl`'s folder if one runs, then removes pgpitr's access files: what
+/// every caller that takes a replay server over without a hand-over (`hand_over: false`)
+/// does once it is done with it.
+pub fn release(ctl: &PgCtl<'_>) -> Result<()> {
+    if ctl.is_running() {
+        ctl.stop()?;
+    }
+    remove(ctl.data_dir)
+}
+
 /// Hands a server pgpitr started with its own access files over to its own configuration:
 /// stops it, starts it again (waiting until it accepts connections) and removes the files.
 /// The server has recovered by then, so a failure here is not a failed restore: it comes back

@@ -35,7 +35,7 @@ pub struct ExecuteOptions {
     /// Run as root, pgpitr starts the replay server with its own access files (see
     /// [`crate::access`]). `true`: once promoted, restart it with its own configuration and
     /// remove them before returning. `false`: the caller takes the server over (stops it, or
-    /// restarts it through the instance's service) and calls [`crate::access::remove`].
+    /// restarts it through the instance's service) and calls [`crate::access::release`].
     pub hand_over: bool,
 }
 

@@ -774,8 +774,7 @@ fn finish_after_restore(
             crate::recovery_conf::reset_settings(&mut c, &crate::recovery_conf::SERVER_KEYS)?;
         }
         say("restarting the server with the instance's own configuration");
-        ctl.stop()?;
-        crate::access::remove(data_dir)?;
+        crate::access::release(&ctl)?;
         match &prep.service {
             Service::Systemd { unit } => {
                 systemctl(&["start", unit])?;
