@@ -40,14 +40,12 @@ fn as_string<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, 
     s.serialize_str(&v.to_string())
 }
 
-/// pg_controldata's "Sun Nov 22 15:00:00 2026", in the local time of the machine that ran
-/// it (this one), through pgpitr-time's one reading of local time.
+/// pg_controldata's "Sun Nov 22 15:00:00 2026": UTC, since `controldata` runs it with
+/// `TZ=UTC` (a local time is ambiguous in the hour the clocks go back).
 fn controldata_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let naive = chrono::NaiveDateTime::parse_from_str(t.trim(), "%a %b %e %H:%M:%S %Y").ok()?;
-    let local = naive.format("%Y-%m-%d %H:%M:%S").to_string();
-    pgpitr_time::parse(&local, chrono::Utc::now())
+    chrono::NaiveDateTime::parse_from_str(t.trim(), "%a %b %e %H:%M:%S %Y")
         .ok()
-        .map(|p| p.time)
+        .map(|n| n.and_utc())
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -187,6 +185,7 @@ pub fn controldata(bins: &Bins, dir: &Path) -> Result<std::result::Result<Cluste
         .arg(dir)
         .env("LC_ALL", "C")
         .env("LANG", "C")
+        .env("TZ", "UTC")
         .output()
         .map_err(io_err(format!(
             "run {}",
@@ -258,8 +257,7 @@ mod tests {
         assert_eq!(c.redo_lsn.as_deref(), Some("0/3000020"));
         assert_eq!(c.timeline, Some(2));
         let t = c.checkpoint_time.expect("checkpoint time parsed");
-        let local = pgpitr_time::parse("2026-11-22 15:00:00", chrono::Utc::now()).unwrap();
-        assert_eq!(t, local.time);
+        assert_eq!(t.to_rfc3339(), "2026-11-22T15:00:00+00:00");
         let j = serde_json::to_value(&c).unwrap();
         assert_eq!(j["system_identifier"], "7311111111111111111");
         assert_eq!(j["cluster_state"], "shut down");
