@@ -244,6 +244,14 @@ let
       offsiteCreds = optionals restic (
         optional (b.restic.passwordFile != null) { id = "restic-password"; src = b.restic.passwordFile; }
         ++ optional (b.restic.environmentFile != null) { id = "restic-environment"; src = b.restic.environmentFile; });
+      # What a job running restic needs besides its secrets: a local repository writable
+      # (restic takes its lock there) and the off-site job's cache, shared by the drill.
+      resticLocalRepo = optional (restic && b.restic.repository != null
+        && hasPrefix "/" b.restic.repository) b.restic.repository;
+      resticCache = {
+        CacheDirectory = "pgpitr-offsite-${name}";
+        Environment = [ "RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-${name}" ];
+      };
       dbCredId = db: "owner-password-${credentialId db}";
       provisionCreds = filter (c: c.src != null) (map (db: {
         id = dbCredId db;
@@ -578,8 +586,7 @@ let
         ${unit "pgpitr-offsite"} = job {
           description = "pgpitr off-site copy of instance ${name} with restic";
           exec = "${bin}/offsite-sync ${cfgArg}";
-          rw = optional (b.restic.repository != null && hasPrefix "/" b.restic.repository) b.restic.repository
-            ++ metricsRw;
+          rw = resticLocalRepo ++ metricsRw;
           after = [ serverUnit "network-online.target" ]
             ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service";
           creds = offsiteCreds;
@@ -587,10 +594,7 @@ let
             path = [ paths.restic ];
             wants = [ "network-online.target" ];
           };
-          serviceExtra = {
-            CacheDirectory = "pgpitr-offsite-${name}";
-            Environment = [ "RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-${name}" ];
-          };
+          serviceExtra = resticCache;
         };
       }
       // optionalAttrs i.zfs.enable {
@@ -634,9 +638,7 @@ let
           # The scratch copy, drills.jsonl and the backup lock in backup.dir, the scratch
           # server's socket; archive.dir is only read (ProtectSystem=strict leaves it readable).
           rw = [ i.drill.scratchDir b.baseBackup.dir socketDir ] ++ metricsRw
-            # restic takes its lock inside a local repository.
-            ++ optional (drillOffsite && restic && b.restic.repository != null
-              && hasPrefix "/" b.restic.repository) b.restic.repository;
+            ++ optionals drillOffsite resticLocalRepo;
           after = [ serverUnit ] ++ optional b.baseBackup.enable "${unit "postgresql-basebackup"}.service"
             ++ optional drillOffsite "network-online.target";
           creds = drillCreds;
@@ -645,11 +647,7 @@ let
           } // optionalAttrs (drillOffsite && restic) {
             path = [ paths.restic ];
           };
-          serviceExtra = optionalAttrs (drillOffsite && restic) {
-            # The off-site job's cache: restic reuses what it already knows of the repository.
-            CacheDirectory = "pgpitr-offsite-${name}";
-            Environment = [ "RESTIC_CACHE_DIR=/var/cache/pgpitr-offsite-${name}" ];
-          };
+          serviceExtra = optionalAttrs (drillOffsite && restic) resticCache;
         };
       }
       // optionalAttrs preseed {
