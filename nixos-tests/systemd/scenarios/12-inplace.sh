@@ -21,24 +21,10 @@ scenario_inplace() {
     cat "$RUN/inplace.out" >&2
     fail "the in-place restore failed"
   fi
-  wait_active postgresql-main.service 60
-  # The unit is what runs the server again (its main PID is the postmaster).
-  local pid
-  pid="$(ctl show -p MainPID --value postgresql-main.service)"
-  [ "$pid" -gt 0 ] && [ "$(ct head -n1 /var/lib/postgresql/main/postmaster.pid)" = "$pid" ] ||
-    fail "the server is not the unit's main process"
-  [ "$(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace')" = "1,2" ] ||
-    fail "after the restore: $(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace')"
+  inplace_handed_back inplace "1,2" "after the restore"
   local tl
   tl="$(psql_ct 5432 -c 'select timeline_id from pg_control_checkpoint()')"
   [ "$tl" -gt "$tl0" ] || fail "main is on timeline $tl, not after $tl0"
-  # What the restore wrote for its own server is gone: recovery settings, access files.
-  if ct grep -E '^[[:space:]]*(recovery_target|restore_command)' /var/lib/postgresql/main/postgresql.auto.conf; then
-    fail "recovery settings left in postgresql.auto.conf"
-  fi
-  if ct sh -c 'ls /var/lib/postgresql/main.pgpitr-*.conf 2>/dev/null' | grep -q .; then
-    fail "pgpitr's access files were left beside the data folder"
-  fi
   [ "$(psql_ct 5432 -c 'select pg_is_in_recovery()')" = "f" ] || fail "main is still in recovery"
   # The window restarts at once: a base backup on the new timeline.
   grep -lE "\"timeline\": *$tl([^0-9]|\$)" "$ROOT"/var/backup/postgresql/main/*/backup.json >/dev/null ||
@@ -83,17 +69,24 @@ inplace_killed_then_resumed() {
     cat "$RUN/inplace-resumed.out" >&2
     fail "--resume did not finish the killed in-place restore"
   fi
+  inplace_handed_back inplace2 "5" "after --resume"
+}
+
+# After an in-place restore: the unit runs the server again (its main PID is the postmaster),
+# TABLE holds EXPECTED (its x values, comma-separated), and what the restore wrote for its own
+# server is gone (recovery settings, pgpitr's access files).
+inplace_handed_back() { # TABLE EXPECTED WHAT
+  local rows pid
   wait_active postgresql-main.service 60
-  local pid
   pid="$(ctl show -p MainPID --value postgresql-main.service)"
   [ "$pid" -gt 0 ] && [ "$(ct head -n1 /var/lib/postgresql/main/postmaster.pid)" = "$pid" ] ||
-    fail "after --resume the server is not the unit's main process"
-  [ "$(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace2')" = "5" ] ||
-    fail "after --resume: $(psql_ct 5432 -c 'select string_agg(x::text, $$,$$ order by x) from inplace2')"
-  if ct sh -c 'ls /var/lib/postgresql/main.pgpitr-*.conf 2>/dev/null' | grep -q .; then
-    fail "pgpitr's access files were left beside the data folder"
-  fi
+    fail "$3: the server is not the unit's main process"
+  rows="$(psql_ct 5432 -c "select string_agg(x::text, ',' order by x) from $1")"
+  [ "$rows" = "$2" ] || fail "$3: $1 holds $rows, not $2"
   if ct grep -E '^[[:space:]]*(recovery_target|restore_command)' /var/lib/postgresql/main/postgresql.auto.conf; then
-    fail "recovery settings left in postgresql.auto.conf"
+    fail "$3: recovery settings left in postgresql.auto.conf"
+  fi
+  if ct sh -c 'ls /var/lib/postgresql/main.pgpitr-*.conf 2>/dev/null' | grep -q .; then
+    fail "$3: pgpitr's access files were left beside the data folder"
   fi
 }
