@@ -513,24 +513,38 @@ fn crash_server(c: &Cluster, data: &Path) {
 /// Runs preseed and SIGKILLs it when a stderr line contains `step`; returns whether it was
 /// killed (false: it finished first).
 fn kill_at(c: &Cluster, cfg_path: &Path, step: &str) -> bool {
-    let mut child = Command::new(c.tools.join("preseed"))
-        .arg("--config")
-        .arg(cfg_path)
+    kill_when(c, cfg_path, step, None)
+}
+
+/// Runs preseed (with `PGPITR_TEST_HOLD_AT=hold` when given) and SIGKILLs it at the first
+/// stderr line containing `needle`; false (with what it printed) when none came.
+fn kill_when(c: &Cluster, cfg_path: &Path, needle: &str, hold: Option<&str>) -> bool {
+    let mut cmd = Command::new(c.tools.join("preseed"));
+    cmd.arg("--config").arg(cfg_path);
+    if let Some(h) = hold {
+        cmd.env("PGPITR_TEST_HOLD_AT", h);
+    }
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let err = child.stderr.take().unwrap();
     let mut killed = false;
+    let mut seen = Vec::new();
     for line in BufReader::new(err).lines() {
         let line = line.unwrap();
-        if line.contains(step) {
+        if line.contains(needle) {
             child.kill().unwrap();
             killed = true;
             break;
         }
+        seen.push(line);
     }
     child.wait().unwrap();
+    if !killed {
+        eprintln!("preseed never printed {needle:?}:\n{}", seen.join("\n"));
+    }
     killed
 }
 
@@ -828,31 +842,7 @@ fn local_snapshot_and_syncoid_bring_back_the_last_rows() {
 /// Runs preseed with `PGPITR_TEST_HOLD_AT=hold` and SIGKILLs it once it holds there: the
 /// kill lands exactly inside that step. Returns whether it got there.
 fn kill_at_hold(c: &Cluster, cfg_path: &Path, hold: &str) -> bool {
-    let mut child = Command::new(c.tools.join("preseed"))
-        .arg("--config")
-        .arg(cfg_path)
-        .env("PGPITR_TEST_HOLD_AT", hold)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let mut killed = false;
-    let mut seen = Vec::new();
-    for line in BufReader::new(err).lines() {
-        let line = line.unwrap();
-        if line.contains(&format!("test hold at {hold}")) {
-            child.kill().unwrap();
-            killed = true;
-            break;
-        }
-        seen.push(line);
-    }
-    child.wait().unwrap();
-    if !killed {
-        eprintln!("preseed never held at {hold}:\n{}", seen.join("\n"));
-    }
-    killed
+    kill_when(c, cfg_path, &format!("test hold at {hold}"), Some(hold))
 }
 
 /// After a kill, the data folder holds a cluster `pg_controldata` reads (the dangerous
