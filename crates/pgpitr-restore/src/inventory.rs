@@ -357,10 +357,9 @@ impl Inventory {
         let tli = path.last().map(|r| r.tli).unwrap_or(1);
         let on_path = History::on_path_ordered(path, &self.backups);
         let mut out: Vec<Stretch> = Vec::new();
-        // (end segment, the stretch's newest backup's stop segment) of the open stretch.
-        let mut open: Option<(u64, u64)> = None;
-        let mut pending: Option<(&BackupInfo, ChainWalk)> = None;
-        let mut newest_in: Option<&BackupInfo> = None;
+        // The open stretch: its first backup, the walk from it, the walk's last contiguous
+        // segment, and the newest backup inside it.
+        let mut open: Option<(&BackupInfo, ChainWalk, u64, &BackupInfo)> = None;
         let finish = |first: &BackupInfo,
                       w: &ChainWalk,
                       newest: &BackupInfo,
@@ -387,11 +386,10 @@ impl Inventory {
         };
         for b in on_path {
             let stop = b.stop_lsn.segno(seg);
-            if let Some((end, _)) = open {
-                if stop <= end {
+            if let Some((_, _, end, newest)) = open.as_mut() {
+                if stop <= *end {
                     // Inside the open stretch: a newer backup to restore from, same window.
-                    newest_in = Some(b);
-                    open = Some((end, stop));
+                    *newest = b;
                     continue;
                 }
             }
@@ -402,15 +400,12 @@ impl Inventory {
             if end < stop {
                 continue; // the backup's own WAL is incomplete: it cannot be restored
             }
-            if let Some((first, pw)) = pending.take() {
-                finish(first, &pw, newest_in.unwrap_or(first), &mut out)?;
+            if let Some((first, pw, _, newest)) = open.replace((b, w, end, b)) {
+                finish(first, &pw, newest, &mut out)?;
             }
-            open = Some((end, stop));
-            newest_in = Some(b);
-            pending = Some((b, w));
         }
-        if let Some((first, pw)) = pending.take() {
-            finish(first, &pw, newest_in.unwrap_or(first), &mut out)?;
+        if let Some((first, pw, _, newest)) = open {
+            finish(first, &pw, newest, &mut out)?;
         }
         Ok(out)
     }
