@@ -2,7 +2,7 @@
 //! account, pg_ctl, connections over the unix socket, and reading WAL with pg_waldump.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use pgpitr_wal::Lsn;
+use pgpitr_wal::{Lsn, WalName};
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -576,6 +576,130 @@ pub fn waldump_has(text: &str, mark: WalMark<'_>) -> bool {
     })
 }
 
+/// Where the WAL in `pg_wal` ends on `timeline`, read with pg_waldump from `start`: right
+/// after the last valid record, or where pg_waldump stopped reading when that is later (a
+/// record cut at a missing segment). The error says why it cannot tell (pg_waldump would
+/// not run, or read no record).
+pub fn wal_end(
+    bins: &Bins,
+    pg_wal: &Path,
+    timeline: u32,
+    start: Lsn,
+    seg_size: u64,
+) -> std::result::Result<Lsn, String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(bins.path("pg_waldump"))
+        .arg("--path")
+        .arg(pg_wal)
+        .arg("--timeline")
+        .arg(timeline.to_string())
+        .arg("--start")
+        .arg(start.to_string())
+        .env("LC_ALL", "C")
+        .env("LANG", "C")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", bins.path("pg_waldump").display()))?;
+    let mut last: Option<String> = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| format!("read pg_waldump output: {e}"))?;
+        if line.starts_with("rmgr:") {
+            last = Some(line);
+        }
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut err)
+        .map_err(|e| format!("read pg_waldump errors: {e}"))?;
+    let _ = child.wait();
+    let record_end = last.as_deref().and_then(|l| record_end(l, seg_size));
+    let stopped_at = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("error"))
+        .and_then(|l| error_position(l, seg_size));
+    let end = match (record_end, stopped_at) {
+        (Some((start, end)), Some(at)) if at > start => end.max(at),
+        (Some((_, end)), _) => end,
+        (None, _) => {
+            return Err(format!(
+                "pg_waldump read no record from {start} on timeline {timeline} in {}: {}",
+                pg_wal.display(),
+                err.trim().replace('\n', " | ")
+            ))
+        }
+    };
+    Ok(end)
+}
+
+/// A `pg_waldump` record line's own position (`lsn: 0/03000028,`).
+fn record_lsn(line: &str) -> Option<Lsn> {
+    line.split("lsn: ")
+        .nth(1)?
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The last record's start and where it ends, from a `pg_waldump` line. A `SWITCH` record
+/// ends its segment.
+fn record_end(line: &str, seg_size: u64) -> Option<(Lsn, Lsn)> {
+    let lsn = record_lsn(line)?;
+    if line
+        .split("desc: ")
+        .nth(1)
+        .is_some_and(|d| d.starts_with("SWITCH"))
+    {
+        return Some((lsn, Lsn((lsn.segno(seg_size) + 1) * seg_size)));
+    }
+    let total: u64 = line
+        .split("len (rec/tot):")
+        .nth(1)?
+        .split('/')
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((lsn, Lsn(lsn.0 + total)))
+}
+
+/// Where `pg_waldump` stopped reading, from its error line: the segment it could not find,
+/// the offset in a segment whose page is not this WAL's, or the last position it names.
+fn error_position(line: &str, seg_size: u64) -> Option<Lsn> {
+    let segment_start = |name: &str| {
+        WalName::parse(name.trim_matches(|c| c == '"' || c == ','))
+            .and_then(|n| n.segno(seg_size))
+            .map(|s| s * seg_size)
+    };
+    if let Some(rest) = line.split("could not find file ").nth(1) {
+        return segment_start(rest.split(':').next()?).map(Lsn);
+    }
+    if let Some(rest) = line.split("in log segment ").nth(1) {
+        let (name, after) = rest.split_once(", offset ")?;
+        let offset: u64 = after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        return segment_start(name).map(|s| Lsn(s + offset));
+    }
+    line.split_whitespace()
+        .filter_map(|w| {
+            w.trim_end_matches([':', ',', ';'])
+                .parse::<Lsn>()
+                .ok()
+                .filter(|_| w.contains('/'))
+        })
+        .next_back()
+}
+
 /// Parses commit/abort records from pg_waldump output (run with TZ=UTC).
 pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
     let mut out = Vec::new();
@@ -594,12 +718,7 @@ pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
         let Ok(naive) = NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f") else {
             continue;
         };
-        let Some(lsn) = line
-            .split("lsn: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|s| s.parse().ok())
-        else {
+        let Some(lsn) = record_lsn(line) else {
             continue;
         };
         out.push(XactEnd {
@@ -613,6 +732,45 @@ pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    const SEG: u64 = 16 << 20;
+
+    #[test]
+    fn record_ends() {
+        let l = "rmgr: Heap        len (rec/tot):     59/    59, tx:        724, lsn: 0/015373B8, prev 0/01537378, desc: INSERT off 96";
+        assert_eq!(
+            record_end(l, SEG),
+            Some((Lsn(0x15373B8), Lsn(0x15373B8 + 59)))
+        );
+        let s = "rmgr: XLOG        len (rec/tot):     24/    24, tx:          0, lsn: 0/01537590, prev 0/015373F8, desc: SWITCH ";
+        assert_eq!(record_end(s, SEG), Some((Lsn(0x1537590), Lsn(0x2000000))));
+    }
+
+    #[test]
+    fn error_positions() {
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: error in WAL record at 0/3000148: invalid record length at 0/3000180: wanted 24, got 0",
+                SEG
+            ),
+            Some(Lsn(0x3000180))
+        );
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: could not find file \"000000010000000000000002\": No such file or directory",
+                SEG
+            ),
+            Some(Lsn(0x2000000))
+        );
+        assert_eq!(
+            error_position(
+                "pg_waldump: error: error in WAL record at 0/4FFFF88: unexpected pageaddr 0/1000000 in log segment 000000010000000000000005, offset 0",
+                SEG
+            ),
+            Some(Lsn(0x5000000))
+        );
+        assert_eq!(error_position("pg_waldump: error: nothing", SEG), None);
+    }
+
     #[test]
     fn finds_xid_and_restore_point_marks() {
         let t = "rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/03000028, prev 0/02000110, desc: COMMIT 2026-11-22 09:52:48.123456 UTC\n\
