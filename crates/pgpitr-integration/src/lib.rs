@@ -339,16 +339,27 @@ impl Cluster {
 
     /// Same with another config file (see `write_config`).
     pub fn tool_with(&self, cfg_path: &Path, tool: &str, args: &[&str]) -> Run {
+        self.tool_env(cfg_path, tool, &[], args)
+    }
+
+    /// Like `tool_with`, with extra environment variables.
+    pub fn tool_env(
+        &self,
+        cfg_path: &Path,
+        tool: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Run {
         let out = Command::new(self.tools.join(tool))
             .arg("--config")
             .arg(cfg_path)
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         Run::from(out)
     }
 
-    /// Writes a variant of the instance config under `name` and returns its path.
     /// An `[offsite]` section for a restic repository under the test root, its password in a
     /// 0600 file (restic must be installed).
     pub fn offsite_config(&self, password: &str) -> OffsiteConfig {
@@ -367,6 +378,7 @@ impl Cluster {
         }
     }
 
+    /// Writes a variant of the instance config under `name` and returns its path.
     pub fn write_config(&self, cfg: &Config, name: &str) -> PathBuf {
         let p = self.root.join(name);
         fs::write(&p, cfg.to_toml()).unwrap();

@@ -292,13 +292,8 @@ fn sync_prints_restic_progress_without_a_terminal() {
     let c = Cluster::start(ClusterOptions::default());
     c.basebackup();
     let (cfg, _) = with_offsite(&c, 3);
-    let out = std::process::Command::new(c.tools.join("offsite-sync"))
-        .arg("--config")
-        .arg(&cfg)
-        .env("PGPITR_PROGRESS_SECONDS", "0.02")
-        .output()
-        .unwrap();
-    let r = pgpitr_integration::Run::from(out).ok();
+    let fast = [("PGPITR_PROGRESS_SECONDS", "0.02")];
+    let r = c.tool_env(&cfg, "offsite-sync", &fast, &[]).ok();
     assert!(
         r.stderr
             .lines()
@@ -309,16 +304,24 @@ fn sync_prints_restic_progress_without_a_terminal() {
     // Fetching for a restore from offsite: what has arrived so far, once per interval.
     let into = c.root.join("from-offsite-progress");
     c.track(&into);
-    let out = std::process::Command::new(c.tools.join("pgpitr"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["restore", "--from", "offsite", "--to", "latest", "--into"])
-        .arg(&into)
-        .args(["--port", "5437"])
-        .env("PGPITR_PROGRESS_SECONDS", "0.02")
-        .output()
-        .unwrap();
-    let r = pgpitr_integration::Run::from(out).ok();
+    let r = c
+        .tool_env(
+            &cfg,
+            "pgpitr",
+            &fast,
+            &[
+                "restore",
+                "--from",
+                "offsite",
+                "--to",
+                "latest",
+                "--into",
+                into.to_str().unwrap(),
+                "--port",
+                "5437",
+            ],
+        )
+        .ok();
     assert!(
         r.stderr
             .lines()

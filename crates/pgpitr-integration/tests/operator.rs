@@ -151,12 +151,7 @@ fn restore_polling_leaves_no_fatal_in_the_server_log() {
 
 /// `pgpitr` with the cluster's config, extra environment and arguments.
 fn pgpitr_env(c: &Cluster, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let mut cmd = Command::new(c.tools.join("pgpitr"));
-    cmd.arg("--config").arg(&c.cfg_path).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Run::from(cmd.output().unwrap())
+    c.tool_env(&c.cfg_path, "pgpitr", env, args)
 }
 
 /// The target time of a dry-run plan, as the instant it names.
@@ -597,13 +592,7 @@ fn progress_lines_without_a_terminal() {
     )
     .unwrap();
     let fast = [("PGPITR_PROGRESS_SECONDS", "0.01")];
-    let out = Command::new(c.tools.join("basebackup"))
-        .arg("--config")
-        .arg(&c.cfg_path)
-        .envs(fast)
-        .output()
-        .unwrap();
-    let b = Run::from(out).ok();
+    let b = c.tool_env(&c.cfg_path, "basebackup", &fast, &[]).ok();
     assert!(
         b.stderr
             .contains("streaming, checking and compressing base.tar:"),
