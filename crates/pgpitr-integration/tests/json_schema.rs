@@ -69,7 +69,10 @@ fn commands_with_json() -> BTreeSet<String> {
     }
     // status restore incidents verify drill demo, zfs ensure, config check: the walk reached
     // them all (a walk that found nothing would check nothing).
-    assert!(pgpitr_leaves >= 8, "only {pgpitr_leaves} pgpitr subcommands found");
+    assert!(
+        pgpitr_leaves >= 8,
+        "only {pgpitr_leaves} pgpitr subcommands found"
+    );
     out
 }
 
