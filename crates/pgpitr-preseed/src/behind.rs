@@ -23,8 +23,8 @@ use crate::state::ClusterInfo;
 /// Where the folder's own WAL ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalEnd {
-    /// The timeline the folder is on (the checkpoint's, or a newer one whose history file the
-    /// server wrote into `pg_wal` when it promoted).
+    /// The timeline the folder's crash recovery follows (the checkpoint's, or the minimum
+    /// recovery point's when newer: a promotion not yet followed by a checkpoint).
     pub timeline: u32,
     /// The position right after the last valid record.
     pub end: Lsn,
@@ -42,6 +42,16 @@ pub enum Standing {
     Diverged(String),
 }
 
+/// The timeline the folder's crash recovery follows when it is newer than the checkpoint's,
+/// by PostgreSQL's own rule (`InitWalRecovery`): the later of the checkpoint's timeline and
+/// the minimum recovery point's. A history file in pg_wal alone proves nothing: a replay
+/// keeps the archive's there, and writes the new timeline's before it has switched to it
+/// (a replay killed during its end-of-recovery checkpoint is still on the old timeline).
+fn recovery_timeline(c: &ClusterInfo) -> Option<u32> {
+    let min = c.min_recovery_timeline.filter(|t| *t > 0)?;
+    (min > c.timeline?).then_some(min)
+}
+
 /// Reads where the folder's WAL ends with `pg_waldump`.
 pub fn wal_end(
     bins: &Bins,
@@ -57,37 +67,26 @@ pub fn wal_end(
     let redo = parse(&c.redo_lsn, "REDO location")
         .or_else(|_| parse(&c.checkpoint_lsn, "latest checkpoint location"))?;
     let checkpoint = parse(&c.checkpoint_lsn, "latest checkpoint location").unwrap_or(redo);
-    let mut timeline = c
+    let checkpoint_tli = c
         .timeline
         .ok_or("pg_controldata shows no checkpoint timeline")?;
+    let timeline = recovery_timeline(c).unwrap_or(checkpoint_tli);
     let pg_wal = data_dir.join("pg_wal");
     let mut start = redo;
-    // Promoted but killed before its first checkpoint on the new timeline: the history file
-    // it wrote says where that timeline began. Only a timeline branched from the folder's
-    // own counts: pg_wal also keeps history files restored from the archive.
-    let mut histories = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&pg_wal) {
-        for e in rd.flatten() {
-            if let Some(WalName::History { tli }) = WalName::parse(&e.file_name().to_string_lossy())
-            {
-                if tli > timeline {
-                    histories.push((tli, e.path()));
-                }
-            }
-        }
-    }
-    histories.sort();
-    let own = timeline;
-    for (tli, path) in histories.into_iter().rev() {
+    // Promoted by an end-of-recovery record and killed before its first checkpoint on the new
+    // timeline: that timeline begins where its history file, which the server wrote into
+    // pg_wal before it switched and reads back for its own crash recovery, says.
+    if timeline != checkpoint_tli {
+        let name = WalName::History { tli: timeline }.to_string();
+        let path = pg_wal.join(&name);
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
         let h = pgpitr_wal::timeline::parse_history(&text)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(last) = h.last().filter(|l| l.parent == own) {
-            timeline = tli;
-            start = start.max(last.switch);
-            break;
-        }
+        let last = h
+            .last()
+            .ok_or_else(|| format!("{} names no parent timeline", path.display()))?;
+        start = start.max(last.switch);
     }
     let end = pgpitr_pg::wal_end(bins, &pg_wal, timeline, start, seg_size)?;
     Ok(WalEnd {
@@ -199,6 +198,26 @@ mod tests {
             timeline,
             end: lsn.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn crash_recovery_follows_the_minimum_recovery_points_timeline_only_when_newer() {
+        let info = |ckpt: u32, min: u32| ClusterInfo {
+            system_identifier: 1,
+            major: 16,
+            state: "in production".into(),
+            checkpoint_lsn: None,
+            redo_lsn: None,
+            checkpoint_time: None,
+            timeline: Some(ckpt),
+            min_recovery_timeline: Some(min),
+        };
+        // Promoted by an end-of-recovery record, no checkpoint on the new timeline yet.
+        assert_eq!(recovery_timeline(&info(2, 5)), Some(5));
+        // Cleanly stopped (0) or a checkpoint since: the checkpoint's timeline.
+        assert_eq!(recovery_timeline(&info(2, 0)), None);
+        assert_eq!(recovery_timeline(&info(5, 4)), None);
+        assert_eq!(recovery_timeline(&info(5, 5)), None);
     }
 
     #[test]

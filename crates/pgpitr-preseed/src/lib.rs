@@ -430,6 +430,12 @@ fn catch_up(
     } else if recovering || data_dir.join("standby.signal").exists() {
         // Someone else's recovery: the server replays on start.
         None
+    } else if c.state == "in archive recovery" {
+        // PostgreSQL takes recovery.signal away before its end-of-recovery checkpoint: killed
+        // in between, pg_control still says archive recovery, and started as it is the server
+        // would only do crash recovery on the old timeline, where the archive already holds
+        // what it would write.
+        Some("its replay of the archive stopped before it finished (pg_control says \"in archive recovery\", and no recovery.signal is left)".to_string())
     } else {
         if !opts.dry_run && methods::remove_stale_recovery_block(&data_dir)? {
             report.warnings.push(

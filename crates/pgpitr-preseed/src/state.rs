@@ -34,6 +34,10 @@ pub struct ClusterInfo {
     #[serde(with = "pgpitr_time::json::option")]
     pub checkpoint_time: Option<chrono::DateTime<chrono::Utc>>,
     pub timeline: Option<u32>,
+    /// `Min recovery ending loc's timeline`: a promotion by end-of-recovery record sets it to
+    /// the new timeline before any checkpoint there (0 when unset). Not in the JSON report.
+    #[serde(skip)]
+    pub min_recovery_timeline: Option<u32>,
 }
 
 fn as_string<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -226,6 +230,8 @@ pub fn parse_controldata(text: &str) -> std::result::Result<ClusterInfo, String>
         redo_lsn: field("Latest checkpoint's REDO location"),
         checkpoint_time: field("Time of latest checkpoint").and_then(|t| controldata_time(&t)),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
+        min_recovery_timeline: field("Min recovery ending loc's timeline")
+            .and_then(|t| t.parse().ok()),
     })
 }
 
@@ -249,13 +255,14 @@ mod tests {
 
     #[test]
     fn parses_controldata() {
-        let text = "pg_control version number:            1300\nDatabase system identifier:           7311111111111111111\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's REDO location:    0/3000020\nLatest checkpoint's TimeLineID:       2\nTime of latest checkpoint:            Sun Nov 22 15:00:00 2026\n";
+        let text = "pg_control version number:            1300\nDatabase system identifier:           7311111111111111111\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/3000028\nLatest checkpoint's REDO location:    0/3000020\nLatest checkpoint's TimeLineID:       2\nTime of latest checkpoint:            Sun Nov 22 15:00:00 2026\nMin recovery ending loc's timeline:   3\n";
         let c = parse_controldata(text).unwrap();
         assert_eq!(c.system_identifier, 7311111111111111111);
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint_lsn.as_deref(), Some("0/3000028"));
         assert_eq!(c.redo_lsn.as_deref(), Some("0/3000020"));
         assert_eq!(c.timeline, Some(2));
+        assert_eq!(c.min_recovery_timeline, Some(3));
         let t = c.checkpoint_time.expect("checkpoint time parsed");
         assert_eq!(t.to_rfc3339(), "2026-11-22T15:00:00+00:00");
         let j = serde_json::to_value(&c).unwrap();
