@@ -56,7 +56,15 @@ fn peer_auth_as_root_gives_the_servers_reason_and_restore_succeeds() {
     )
     .unwrap();
     assert!(ctl.is_running());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The reload is asynchronous: wait until the server really refuses root.
+    let t = std::time::Instant::now();
+    while c.endpoint(5432).connect("postgres").is_ok() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "the server still lets root in 30 s after the pg_hba.conf reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     let r = c.tool("basebackup", &[]);
     assert_ne!(r.code, 0);

@@ -49,7 +49,25 @@ fn pile_up_ready(c: &Cluster, n: usize) -> Vec<String> {
     ] {
         db.batch_execute(sql).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The archiver takes the new command asynchronously: wait until it has failed once
+    // (a switch it may still archive with the old command is not counted below).
+    let failed = |db: &mut pgpitr_pg::Client| -> i64 {
+        db.query_one("SELECT failed_count FROM pg_stat_archiver", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = failed(&mut db);
+    let start = Instant::now();
+    while failed(&mut db) == before {
+        db.batch_execute("SELECT pg_switch_wal(); CREATE TABLE IF NOT EXISTS filler2 (x int); INSERT INTO filler2 VALUES (1)")
+            .unwrap();
+        db.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "archive_command = 'false' never failed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let start = Instant::now();
     while ready(c.data()).len() < n {
         db.batch_execute(

@@ -395,6 +395,35 @@ impl PgCtl<'_> {
         run(&mut c).map(|_| ())
     }
 
+    /// Stops what a killed process left on this folder: a running server, and one still
+    /// starting (pg_ctl and the postmaster work in the folder before `postmaster.pid`
+    /// exists, where [`PgCtl::is_running`] cannot see them yet). Waits up to `timeout` for
+    /// every such process (see [`server_processes_in`]) to be gone. Returns whether it
+    /// stopped a server.
+    pub fn stop_leftover(&self, timeout: Duration) -> Result<bool> {
+        let began = Instant::now();
+        let mut stopped = false;
+        loop {
+            if self.is_running() {
+                self.stop()?;
+                stopped = true;
+                continue;
+            }
+            let users = server_processes_in(self.data_dir);
+            if users.is_empty() {
+                return Ok(stopped);
+            }
+            if began.elapsed() >= timeout {
+                return Err(PgError::Other(format!(
+                    "PostgreSQL processes {users:?} still work in {} after {} s and no server is visible there: stop them (kill them if they are a killed run's leftovers) and run again",
+                    self.data_dir.display(),
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether a postmaster is running on this folder.
     pub fn is_running(&self) -> bool {
         let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
@@ -461,6 +490,40 @@ impl PgCtl<'_> {
             None => base,
         }
     }
+}
+
+/// Whether process `pid` works in `dir`: its working directory is that folder, compared by
+/// device and inode (the process may see it under another path, in another mount namespace).
+pub fn works_in(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let cwd = Path::new("/proc").join(pid.to_string()).join("cwd");
+    matches!(
+        (std::fs::metadata(cwd), std::fs::metadata(dir)),
+        (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino())
+    )
+}
+
+/// The PostgreSQL processes that work in `dir` (see [`works_in`]): a server and what starts
+/// one (`pg_ctl`, the `runuser` or shell around it), told by a command line that names
+/// `postgres` or `pg_ctl`; an operator's shell that merely sits in the folder is not one.
+pub fn server_processes_in(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let names_server = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("postgres") || c.contains("pg_ctl")
+        })
+    };
+    let mut out: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && works_in(pid, dir) && names_server(pid))
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Line 8 of `postmaster.pid` (PM_STATUS_* in PostgreSQL's pidfile.h).
@@ -732,6 +795,37 @@ pub fn parse_waldump_xact_ends(text: &str) -> Vec<XactEnd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_processes_are_found_by_their_working_folder_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let spawn = |arg0: &str, cwd: &Path| {
+            Command::new("sleep")
+                .arg0(arg0)
+                .arg("30")
+                .current_dir(cwd)
+                .spawn()
+                .unwrap()
+        };
+        let mut server = spawn("postgres", dir.path());
+        let mut shell = spawn("bash", dir.path());
+        let mut elsewhere = spawn("postgres", other.path());
+        let found = server_processes_in(dir.path());
+        for c in [&mut server, &mut shell, &mut elsewhere] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert_eq!(
+            found,
+            vec![server.id()],
+            "shell {}, elsewhere {}",
+            shell.id(),
+            elsewhere.id()
+        );
+        assert!(server_processes_in(dir.path()).is_empty());
+    }
+
     const SEG: u64 = 16 << 20;
 
     #[test]

@@ -340,12 +340,11 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
         account: ctx.account.as_ref(),
         data_dir: &stage,
     };
-    if stage.join("PG_VERSION").exists() && leftover.is_running() {
+    if stage.exists() && leftover.stop_leftover(std::time::Duration::from_secs(30))? {
         say(&format!(
-            "stopping the server an interrupted preseed left running in {}",
+            "stopped the server an interrupted preseed left running in {}",
             stage.display()
         ));
-        leftover.stop()?;
     }
     place::remove_leftover(&stage, say)?;
     place::remove_leftover(&place::fetch_dir(&data_dir)?, say)?;
@@ -430,12 +429,18 @@ fn catch_up(
     } else if recovering || data_dir.join("standby.signal").exists() {
         // Someone else's recovery: the server replays on start.
         None
-    } else if c.state == "in archive recovery" {
+    } else if c.state == "in archive recovery"
+        || (c.state == "shutting down" && methods::has_recovery_block(&data_dir))
+    {
         // PostgreSQL takes recovery.signal away before its end-of-recovery checkpoint: killed
-        // in between, pg_control still says archive recovery, and started as it is the server
-        // would only do crash recovery on the old timeline, where the archive already holds
-        // what it would write.
-        Some("its replay of the archive stopped before it finished (pg_control says \"in archive recovery\", and no recovery.signal is left)".to_string())
+        // in between ("in archive recovery"), or during that checkpoint ("shutting down", the
+        // checkpoint still on the old timeline; preseed's settings tell it from a live
+        // server's shutdown), the server started as it is would only do crash recovery on the
+        // old timeline and leave the new timeline's history file behind it.
+        Some(format!(
+            "its replay of the archive stopped before it finished (pg_control says {:?}, and no recovery.signal is left)",
+            c.state
+        ))
     } else {
         if !opts.dry_run && methods::remove_stale_recovery_block(&data_dir)? {
             report.warnings.push(
@@ -554,16 +559,14 @@ pub fn follow_up_backup(
     let started = Instant::now();
     let timeline: u32 = loop {
         let mut c = ep.wait_connect("postgres", timeout)?;
-        let row = c
-            .query_one(
-                "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint())",
-                &[],
-            )
-            .map_err(pgpitr_pg::PgError::from)?;
-        let in_recovery: bool = row.get(0);
-        let tli: i32 = row.get(1);
+        let in_recovery: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .map_err(pgpitr_pg::PgError::from)?
+            .get(0);
+        // The timeline it writes on, not the checkpoint's: after a promotion the first
+        // checkpoint on the new timeline can take minutes.
         if !in_recovery {
-            break tli as u32;
+            break pgpitr_restore::execute::current_timeline(&mut c)?;
         }
         if started.elapsed() > timeout {
             return Err(PreseedError::Failed(format!(

@@ -676,15 +676,12 @@ fn remove_snapshot_pid_file(data: &Path, say: &mut dyn FnMut(&str)) -> Result<()
     let Ok(text) = fs::read_to_string(&pid_file) else {
         return Ok(());
     };
-    use std::os::unix::fs::MetadataExt;
     let pid = text.lines().next().unwrap_or("").trim().to_string();
-    // The same folder by device and inode (the process may see it under another path, in
-    // another mount namespace); a first line that is no PID names no process.
-    let same_dir = |a: &Path, b: &Path| matches!((fs::metadata(a), fs::metadata(b)), (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino()));
+    // A first line that is no PID names no process.
     let runs_here = pid.parse::<u32>().is_ok_and(|n| {
-        let proc_dir = Path::new("/proc").join(n.to_string());
-        same_dir(&proc_dir.join("cwd"), data)
-            && fs::read_to_string(proc_dir.join("cmdline")).is_ok_and(|c| c.contains("postgres"))
+        pgpitr_pg::works_in(n, data)
+            && fs::read_to_string(format!("/proc/{n}/cmdline"))
+                .is_ok_and(|c| c.contains("postgres"))
     });
     if runs_here {
         return Err(PreseedError::Refused(format!(

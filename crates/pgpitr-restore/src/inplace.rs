@@ -556,6 +556,10 @@ fn write_journal(j: &Journal, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a resume or undo waits for a server a killed run was starting on the folder to
+/// show itself (and be stopped) or die.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
+
 /// A point where the test suite kills the process (`PGPITR_TEST_HOLD_AT=STEP`): pgpitr
 /// says it is holding and sleeps until killed. Not for production use.
 pub fn test_hold(step: &str) {
@@ -927,8 +931,8 @@ pub fn resume(
         if let Service::Systemd { unit } = &j.service {
             let _ = systemctl(&["stop", unit]);
         }
-        if ctl.is_running() {
-            ctl.stop()?;
+        if data_dir.exists() {
+            ctl.stop_leftover(LEFTOVER_WAIT)?;
         }
         if data_dir.exists() && !is_empty_dir(&data_dir) {
             if matches!(j.safety_copy, SafetyCopy::ZfsSnapshot { .. }) {
@@ -1009,10 +1013,8 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
             if let Service::Systemd { unit } = &j.service {
                 let _ = systemctl(&["stop", unit]);
             }
-            if data_dir.exists() && ctl.is_running() {
-                ctl.stop()?;
-            }
             if data_dir.exists() {
+                ctl.stop_leftover(LEFTOVER_WAIT)?;
                 move_aside(&data_dir, "abandoned-restore", "the restored folder", say)?;
             }
             say(&format!("putting {} back", path.display()));
@@ -1030,8 +1032,8 @@ pub fn undo(cfg: &Config, bins: &Bins, say: &mut dyn FnMut(&str)) -> Result<Stri
             if let Service::Systemd { unit } = &j.service {
                 let _ = systemctl(&["stop", unit]);
             }
-            if ctl.is_running() {
-                ctl.stop()?;
+            if data_dir.exists() {
+                ctl.stop_leftover(LEFTOVER_WAIT)?;
             }
             let exists = pgpitr_zfs::Zfs::default()
                 .snapshots(snapshot.split('@').next().unwrap_or_default())
