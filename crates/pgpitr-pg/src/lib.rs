@@ -395,6 +395,24 @@ impl PgCtl<'_> {
         run(&mut c).map(|_| ())
     }
 
+    /// Stops the server letting sessions end by themselves first (`smart` mode, up to
+    /// `grace`), then `fast`: a session that is closing (pgpitr's own, just dropped) ends
+    /// normally instead of being terminated with a FATAL line in the server's log.
+    pub fn stop_gently(&self, grace: Duration) -> Result<()> {
+        let mut c = command_as(&self.bins.path("pg_ctl"), self.account);
+        c.arg("stop")
+            .arg("-D")
+            .arg(self.data_dir)
+            .args(["-m", "smart", "-w", "-t"])
+            .arg(grace.as_secs().max(1).to_string())
+            .current_dir(self.data_dir)
+            .stdout(Stdio::null());
+        if run(&mut c).is_ok() && !self.is_running() {
+            return Ok(());
+        }
+        self.stop()
+    }
+
     /// Stops what a killed process left on this folder: a running server, and one still
     /// starting (pg_ctl and the postmaster work in the folder before `postmaster.pid`
     /// exists, where [`PgCtl::is_running`] cannot see them yet). Waits up to `timeout` for

@@ -116,7 +116,7 @@ pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<String> {
     let running = ctl.is_running();
     let r = (|| -> Result<()> {
         if running {
-            ctl.stop()?;
+            ctl.stop_gently(std::time::Duration::from_secs(5))?;
             ctl.start(log_file, "", true)?;
         }
         remove(ctl.data_dir)
