@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub const TOOLS: [&str; 8] = [
+pub const TOOLS: [&str; 9] = [
     "archive-wal",
     "restore-wal",
     "basebackup",
@@ -26,6 +26,7 @@ pub const TOOLS: [&str; 8] = [
     "offsite-sync",
     "provision-dbs",
     "walprune",
+    "preseed",
 ];
 
 /// Folder of the workspace binaries (next to the test executable's `deps/`).

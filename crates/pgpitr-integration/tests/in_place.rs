@@ -129,6 +129,34 @@ fn killed_at(step: &str, undo: bool) {
         );
     }
 
+    // The machine rebooted now: preseed, which runs before the server, refuses with the
+    // same two ways out and touches nothing (it would otherwise replay to the archive's end
+    // over the operator's target). What it would create or rename sits beside the data
+    // folder (staging, quarantine, the folder itself); the replay server a kill at `replay`
+    // leaves running still changes the folder's own contents, so those are not compared.
+    let beside = || -> (Vec<String>, String) {
+        let parent = c.data().parent().unwrap();
+        let mut v: Vec<String> = fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".preseed.lock"))
+            .collect();
+        v.sort();
+        (v, fs::read_to_string(journal(&c)).unwrap())
+    };
+    let before = beside();
+    let p = c.tool("preseed", &[]);
+    assert_ne!(p.code, 0, "{step}: preseed went ahead: {}", p.stderr);
+    assert!(
+        p.stderr.contains("interrupted during step")
+            && p.stderr.contains("--resume")
+            && p.stderr.contains("preseed leaves"),
+        "{step}: {}",
+        p.stderr
+    );
+    assert_eq!(beside(), before, "{step}: preseed touched something");
+
     if undo {
         let u = c
             .tool("pgpitr", &["restore", "--in-place", "--undo", "--json"])

@@ -47,7 +47,6 @@ fn commands_with_json() -> BTreeSet<String> {
     };
     let mut todo: Vec<Vec<String>> = pgpitr_integration::TOOLS
         .iter()
-        .chain(&["preseed"])
         .map(|t| vec![t.to_string()])
         .collect();
     let mut out = BTreeSet::new();
@@ -98,7 +97,6 @@ fn every_json_output_follows_docs_json_md() {
     }
 
     let c = Cluster::start(ClusterOptions::default());
-    fs::copy(built_bins().join("preseed"), c.tools.join("preseed")).unwrap();
     let mut cfg = c.cfg.clone();
     cfg.drill = DrillConfig {
         scratch_dir: Some(c.root.join("drill")),

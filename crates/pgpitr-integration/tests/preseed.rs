@@ -5,7 +5,7 @@
 //! a preseed killed at each step leaves nothing PostgreSQL would start on as complete.
 
 use pgpitr_config::{Config, PreseedMethod, ZfsConfig};
-use pgpitr_integration::{built_bins, require_tool, tags, Cluster, ClusterOptions, Run};
+use pgpitr_integration::{require_tool, tags, Cluster, ClusterOptions, Run};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -13,17 +13,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Copies the `preseed` binary next to the cluster's other tools.
-fn install_preseed(c: &Cluster) {
-    let p = built_bins().join("preseed");
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace binaries first with `cargo build --workspace --bins`",
-        p.display()
-    );
-    fs::copy(&p, c.tools.join("preseed")).unwrap();
-}
 
 /// A "rebuilt node" config: the instance's archive and backups, a new data folder and port.
 fn node_config(c: &Cluster, name: &str, port: u16, methods: &[PreseedMethod]) -> Config {
@@ -149,7 +138,6 @@ fn source(offsite: bool) -> (Cluster, String, PathBuf) {
         metrics: true,
         ..Default::default()
     });
-    install_preseed(&c);
     let mut cfg = c.cfg.clone();
     if offsite {
         cfg.offsite = Some(c.offsite_config("preseed-test-password-91c2"));
@@ -725,7 +713,6 @@ fn zfs_source(tag: &str) -> ZfsSource {
         }),
         ..Default::default()
     });
-    install_preseed(&c);
     let data = c.cfg.postgres.data_dir.clone();
     let mut db = c.connect(5432);
     db.batch_execute("CREATE TABLE t (id serial, tag text); INSERT INTO t (tag) VALUES ('base')")

@@ -259,6 +259,23 @@ pub fn run(ctx: &Context<'_>, opts: &Options, say: &mut dyn FnMut(&str)) -> Resu
         std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
     }
     let _lock = pgpitr_durable::FileLock::try_exclusive(&lock_path, "another preseed")?;
+    // An interrupted in-place restore (the machine went down during `pgpitr restore
+    // --in-place`) owns the data folder until the operator finishes or undoes it: preseed
+    // would otherwise replay the archive to its end over the operator's chosen target.
+    let journal = pgpitr_restore::inplace::journal_path(&data_dir);
+    if journal.exists() {
+        let why = pgpitr_restore::inplace::interrupted_message(cfg, &ctx.bins, &journal)
+            .unwrap_or_else(|e| {
+                format!(
+                    "an interrupted in-place restore left its journal {} ({e})",
+                    journal.display()
+                )
+            });
+        return Err(PreseedError::Refused(format!(
+            "{why}. preseed leaves {} as it is until then",
+            data_dir.display()
+        )));
+    }
     let found = state::inspect(&data_dir, &ctx.bins, ctx.major)?;
     let mut report = Report {
         instance: cfg.instance.clone(),

@@ -28,6 +28,7 @@ struct Cli {
     /// How long --follow-up-backup waits for the server.
     #[arg(long, default_value_t = 300)]
     wait_seconds: u64,
+    /// Print the report (schema in docs/json.md) as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
