@@ -424,18 +424,25 @@ fn dry_run_refuses_a_taken_port_and_unreachable_files() {
     .ok();
 }
 
-/// Bytes of every file under `dir` (files vanishing mid-walk count as gone).
+/// Bytes on disk of every file under `dir`, each inode counted once (files vanishing
+/// mid-walk count as gone). Counting by inode matters: a file is published by linking its
+/// temp name to its final name and then unlinking the temp name, so a walk can meet one
+/// file under both names; that is one file on disk, not two.
 fn tree_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    for e in rd.flatten() {
-        match e.metadata() {
-            Ok(m) if m.is_dir() => total += tree_bytes(&e.path()),
-            Ok(m) => total += m.len(),
-            Err(_) => {}
+    fn walk(dir: &std::path::Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        let Ok(rd) = fs::read_dir(dir) else { return 0 };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += walk(&e.path(), seen),
+                Ok(m) if seen.insert((m.dev(), m.ino())) => total += m.len(),
+                _ => {}
+            }
         }
+        total
     }
-    total
+    walk(dir, &mut std::collections::HashSet::new())
 }
 
 /// basebackup streams pg_basebackup's tar through checking and compression: the backup
