@@ -146,6 +146,9 @@ fn send_notify(path: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
     use std::os::unix::net::{SocketAddr, UnixDatagram};
     let bytes = path.as_bytes();
     let sock = UnixDatagram::unbound()?;
+    // A full receive queue (a service manager that is not reading) costs this line after a
+    // few seconds, with a warning, instead of stalling the job it reports on for good.
+    sock.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
     let addr = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         SocketAddr::from_abstract_name(name)?

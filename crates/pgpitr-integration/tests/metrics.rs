@@ -350,23 +350,40 @@ fn basebackup_sends_ready_and_status_to_notify_socket() {
     let c = Cluster::start(ClusterOptions::default());
     let sock_path = c.root.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // Read while the job runs, as systemd does: the socket's queue holds only a few lines.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let sock = sock.try_clone().unwrap();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut msgs = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(_) if done.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    Err(_) => {}
+                }
+            }
+            msgs
+        })
+    };
     let out = Command::new(c.tools.join("basebackup"))
         .arg("--config")
         .arg(&c.cfg_path)
         .env("NOTIFY_SOCKET", &sock_path)
         .output()
         .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let msgs = reader.join().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut msgs = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = sock.recv(&mut buf) {
-        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
     assert!(msgs[0].contains("READY=1"), "{msgs:?}");
     assert!(
         msgs.iter().filter(|m| m.starts_with("STATUS=")).count() >= 3,
