@@ -189,12 +189,22 @@ fn wrong_password_and_stale_lock_are_clear_errors() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // restic writes its lock under a temporary name and renames it when it is on disk; only
+    // a published lock (a 64-hex id with content) is one restic itself will see.
+    let published_lock = |repo: &std::path::Path| {
+        fs::read_dir(repo.join("locks"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.len() == 64
+                        && name.bytes().all(|b| b.is_ascii_hexdigit())
+                        && e.metadata().map(|m| m.len() > 0).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
     let start = Instant::now();
-    while fs::read_dir(repo.join("locks"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-        == 0
-    {
+    while !published_lock(&repo) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "restic never took its lock"
