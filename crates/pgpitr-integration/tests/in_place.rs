@@ -291,7 +291,9 @@ fn refusals_change_nothing() {
     let _u = Unmount(mnt.clone());
     let mut cfg = c.cfg.clone();
     cfg.postgres.data_dir = mnt.clone();
-    // The real data, copied so that the system identifier matches.
+    // The real data, copied so that the system identifier matches (with the server stopped:
+    // a live server removes and renames files under a copy).
+    c.stop_server(c.data());
     let cp = Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", c.data().display()))
@@ -299,7 +301,7 @@ fn refusals_change_nothing() {
         .status()
         .unwrap();
     assert!(cp.success());
-    let _ = fs::remove_file(mnt.join("postmaster.pid"));
+    c.start_server(c.data());
     let p = c.write_config(&cfg, "mount.toml");
     let e = refused(
         c.tool_with(
@@ -315,6 +317,7 @@ fn refusals_change_nothing() {
     let small = c.root.join("small");
     fs::create_dir(&small).unwrap();
     let _u2 = Unmount(small.clone());
+    c.stop_server(c.data());
     let used: u64 = String::from_utf8_lossy(
         &Command::new("du")
             .args(["-sk"])
@@ -343,7 +346,7 @@ fn refusals_change_nothing() {
         .status()
         .unwrap()
         .success());
-    let _ = fs::remove_file(data2.join("postmaster.pid"));
+    c.start_server(c.data());
     let mut cfg = c.cfg.clone();
     cfg.postgres.data_dir = data2.clone();
     let p = c.write_config(&cfg, "small.toml");
