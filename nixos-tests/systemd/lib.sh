@@ -50,15 +50,17 @@ assert_contains() {
 }
 
 # switch_and_wait_archived PORT MESSAGE: switches the server's WAL segment and waits up to 20 s
-# until pg_stat_archiver counts one more archived file; fails with MESSAGE otherwise.
+# until that very segment is archived (its status is .done, or the archiver has passed it);
+# fails with MESSAGE otherwise. A count of archived files would also move for a segment
+# archive_timeout switched just before, while this one is still waiting.
 switch_and_wait_archived() {
-  local port=$1 before after n
-  before="$(psql_ct "$port" -c 'select archived_count from pg_stat_archiver')"
-  psql_ct "$port" -c 'select pg_switch_wal()' >/dev/null
+  local port=$1 seg n
+  seg="$(psql_ct "$port" -c 'select pg_walfile_name(pg_switch_wal())')"
   for ((n = 0; n < 100; n++)); do
-    after="$(psql_ct "$port" -c 'select archived_count from pg_stat_archiver')"
-    [ "$after" -gt "$before" ] && return 0
+    [ "$(psql_ct "$port" -c "select exists (select 1 from pg_ls_archive_statusdir() where name = '$seg.done')
+        or coalesce(substr(last_archived_wal, 1, 24) >= '$seg' and length(last_archived_wal) >= 24, false)
+        from pg_stat_archiver")" = t ] && return 0
     sleep 0.2
   done
-  fail "$2"
+  fail "$2 (segment $seg)"
 }

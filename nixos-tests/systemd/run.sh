@@ -117,11 +117,13 @@ boot() {
     [ -n "$state" ] && break
     sleep 0.2
   done
-  state="$(timeout 120 nsenter -t "$CT_PID" -a systemctl is-system-running --wait 2>/dev/null || true)"
+  # A reboot's boot includes preseed's replay and its follow-up backup: give it minutes.
+  state="$(timeout 600 nsenter -t "$CT_PID" -a systemctl is-system-running --wait 2>/dev/null || true)"
   log "booted in the container: system $state"
   echo "$NSPAWN_PID $CT_PID" >"$RUN/pids"
   if [ "$state" != running ] && [ "$state" != degraded ]; then
     ctl --failed --no-pager >&2 || true
+    ctl list-jobs --no-pager >&2 || true
     fail "boot did not finish: $state"; return 1
   fi
 }

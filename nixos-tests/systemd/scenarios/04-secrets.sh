@@ -15,9 +15,13 @@ scenario_secrets() {
   ct nsenter -t "$pid" -m true || fail "cannot enter the server's mount namespace"
   # While a job runs, its credential exists; the server cannot read it, and from the server's
   # mount namespace (InaccessiblePaths=) it is not even there, for root either.
+  # A queued start is not yet "activating": the run is over only once the unit got a new
+  # invocation and has left "activating".
+  local inv_before inv state
+  inv_before="$(ctl show -p InvocationID --value pgpitr-offsite-main.service)"
   ctl start --no-block pgpitr-offsite-main.service
   local n seen=0
-  for ((n = 0; n < 50; n++)); do
+  for ((n = 0; n < 100; n++)); do
     if ct test -e /run/credentials/pgpitr-offsite-main.service/restic-password; then
       seen=1
       if ct nsenter -t "$pid" -m test -e /run/credentials/pgpitr-offsite-main.service/restic-password; then
@@ -27,7 +31,9 @@ scenario_secrets() {
     if psql_ct 5432 -c "select pg_read_file('/run/credentials/pgpitr-offsite-main.service/restic-password')" >/dev/null 2>&1; then
       fail "pg_read_file reads the off-site credential"
     fi
-    [ "$(ctl is-active pgpitr-offsite-main.service)" = activating ] || break
+    state="$(ctl is-active pgpitr-offsite-main.service || true)"
+    inv="$(ctl show -p InvocationID --value pgpitr-offsite-main.service)"
+    [ "$state" != activating ] && [ "$inv" != "$inv_before" ] && break
     sleep 0.1
   done
   [ "$seen" = 1 ] || fail "the off-site credential never appeared under /run/credentials"
