@@ -132,6 +132,80 @@ fn peer_auth_as_root_gives_the_servers_reason_and_restore_succeeds() {
     }
 }
 
+/// The promoted server cannot be restarted with its folder's own configuration: the backup
+/// carries a `pg_hba.conf` line PostgreSQL rejects (written after the source server loaded its
+/// rules). The restore has still succeeded: exit 0, and the report's `warnings` (and stderr)
+/// say so with the command that starts the server and the access files to remove; the server
+/// is not running, the files are kept, and following the advice brings it up on timeline 2.
+#[test]
+fn failed_hand_over_is_a_warning_with_the_way_out() {
+    root_only();
+    let c = Cluster::start(ClusterOptions::default());
+    let mut db = c.connect(5432);
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let bad_line = "local all all no-such-method";
+    let hba = c.data().join("pg_hba.conf");
+    let good = fs::read_to_string(&hba).unwrap();
+    fs::write(&hba, format!("{good}{bad_line}\n")).unwrap();
+    c.basebackup();
+    c.switch_and_wait(5432);
+
+    let into = c.root.join("restored-bad-hba");
+    let r = c.restore("immediate", &into, 5441, &["--json"]).ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON report");
+    assert_eq!(report["timeline"], 2, "{report}");
+    let warnings: Vec<&str> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = warnings[0];
+    assert!(
+        w.contains("restarting it with its own configuration failed"),
+        "{w}"
+    );
+    // --json keeps stdout for the document; the warning still reaches stderr.
+    assert!(r.stderr.contains(&format!("warning: {w}")), "{}", r.stderr);
+    // The server is down, and its log says why.
+    assert!(!into.join("postmaster.pid").exists());
+    let log_file = pgpitr_restore::execute::log_path(&into);
+    let log = fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("pg_hba.conf"), "{log}");
+    // The access files stay, named in the warning, until the server runs again.
+    let files = pgpitr_restore::access::files(&into);
+    for f in &files {
+        assert!(f.exists(), "{} removed too early", f.display());
+        assert!(w.contains(&f.display().to_string()), "{w}");
+    }
+    // The way out, as the warning gives it: fix the line, run the command, remove the files.
+    let start = w
+        .split_once("start it with `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(cmd, _)| cmd.to_string())
+        .unwrap_or_else(|| panic!("no start command in: {w}"));
+    fs::write(into.join("pg_hba.conf"), &good).unwrap();
+    let out = Command::new("sh").arg("-c").arg(&start).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{start}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in &files {
+        fs::remove_file(f).unwrap();
+    }
+    let mut restored = c.connect(5441);
+    let row = restored
+        .query_one(
+            "SELECT (SELECT count(*) FROM t), timeline_id FROM pg_control_checkpoint()",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (1, 2));
+}
+
 /// Readiness comes from postmaster.pid: the restored server's log has no FATAL line at all
 /// (before, every 300 ms of replay logged `the database system is starting up`).
 #[test]

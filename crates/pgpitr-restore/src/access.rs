@@ -107,9 +107,10 @@ pub fn release(ctl: &PgCtl<'_>) -> Result<()> {
 
 /// Hands a server pgpitr started with its own access files over to its own configuration:
 /// stops it, starts it again (waiting until it accepts connections) and removes the files.
-/// The server has recovered by then, so a failure here is not a failed restore: it comes back
-/// as a warning that says how to start the server. `None` when the files are not in use.
-pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<String> {
+/// `None` when the files are not in use; `Some(Ok(note))` when it was handed over. The server
+/// has recovered by then, so a failure here is not a failed restore: `Some(Err(warning))`
+/// says how to start the server, for the report's warnings.
+pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<std::result::Result<String, String>> {
     if !in_use(ctl.data_dir) {
         return None;
     }
@@ -123,18 +124,18 @@ pub fn hand_over(ctl: &PgCtl<'_>, log_file: &Path) -> Option<String> {
     })();
     Some(match r {
         Ok(()) if running => {
-            "restarted the promoted server with its own configuration (pg_hba.conf)".into()
+            Ok("restarted the promoted server with its own configuration (pg_hba.conf)".into())
         }
-        Ok(()) => "removed pgpitr's access files (the server was not running)".into(),
+        Ok(()) => Ok("removed pgpitr's access files (the server was not running)".into()),
         Err(e) => {
             let [hba, ident] = files(ctl.data_dir);
-            format!(
-                "warning: the server recovered, but restarting it with its own configuration failed ({e}); start it with `{}` (see {}), then remove {} and {}",
+            Err(format!(
+                "the server recovered, but restarting it with its own configuration failed ({e}); start it with `{}` (see {}), then remove {} and {}",
                 ctl.start_hint(log_file),
                 log_file.display(),
                 hba.display(),
                 ident.display()
-            )
+            ))
         }
     })
 }

@@ -64,6 +64,10 @@ pub struct RestoreReport {
     pub promoted: bool,
     /// Recovery settings that came inside the backup and were commented out before start.
     pub neutralised: Vec<String>,
+    /// What did not stop the restore but needs the operator (the restored server could not
+    /// be restarted with its own configuration, pgpitr could not connect to reset its
+    /// recovery settings); each also went to the progress output as it happened.
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Display for RestoreReport {
@@ -113,7 +117,11 @@ impl std::fmt::Display for RestoreReport {
             self.port
         )?;
         writeln!(f, "  log: {}", self.log_file.display())?;
-        write!(f, "  stop it with: {}", self.stop_command)
+        write!(f, "  stop it with: {}", self.stop_command)?;
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +271,7 @@ pub fn execute(
         "replay and promote"
     });
 
+    let mut warnings = Vec::new();
     let timeline = if opts.pause {
         plan.timeline
     } else {
@@ -282,8 +291,8 @@ pub fn execute(
             None => {
                 // The server refuses pgpitr (peer authentication as root): it recovered, but
                 // the recovery settings can only be reset by someone it lets in.
-                say(&format!(
-                    "warning: pgpitr cannot connect to the restored server, so the recovery settings it wrote stay in postgresql.auto.conf; as the server's user run ALTER SYSTEM RESET for {} and reload",
+                warn(&mut warnings, &mut *say, format!(
+                    "pgpitr cannot connect to the restored server, so the recovery settings it wrote stay in postgresql.auto.conf; as the server's user run ALTER SYSTEM RESET for {} and reload",
                     crate::recovery_conf::RECOVERY_KEYS.join(", ")
                 ));
                 let log = fs::read_to_string(&log_file).unwrap_or_default();
@@ -292,8 +301,10 @@ pub fn execute(
         }
     };
     if opts.hand_over && !opts.pause {
-        if let Some(m) = crate::access::hand_over(&ctl, &log_file) {
-            say(&m);
+        match crate::access::hand_over(&ctl, &log_file) {
+            Some(Ok(note)) => say(&note),
+            Some(Err(w)) => warn(&mut warnings, &mut *say, w),
+            None => {}
         }
     }
     let log = fs::read_to_string(&log_file).unwrap_or_default();
@@ -316,7 +327,14 @@ pub fn execute(
         stop_command: ctl.stop_hint(),
         promoted: !opts.pause,
         neutralised,
+        warnings,
     })
+}
+
+/// Says a warning as it happens and keeps it for the report.
+fn warn(warnings: &mut Vec<String>, say: &mut dyn FnMut(&str), text: String) {
+    say(&format!("warning: {text}"));
+    warnings.push(text);
 }
 
 /// Name of the restore log older versions kept inside the data folder.

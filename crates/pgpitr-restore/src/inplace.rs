@@ -814,7 +814,11 @@ fn finish_after_restore(
         }
     };
     let report = match report {
-        Some(r) => r,
+        // The replay's own warnings join this run's, so there is one list to read.
+        Some(mut r) => {
+            warnings.append(&mut r.warnings);
+            r
+        }
         None => RestoreReport {
             backup_id: j.backup_id.clone(),
             target: j.target.clone(),
@@ -830,6 +834,7 @@ fn finish_after_restore(
             stop_command: stop_command(&prep.service, &ctl),
             promoted: true,
             neutralised: Vec::new(),
+            warnings: Vec::new(),
         },
     };
 

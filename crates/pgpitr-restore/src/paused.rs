@@ -110,6 +110,7 @@ fn report(
         stop_command: ctl.stop_hint(),
         promoted,
         neutralised: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
@@ -146,10 +147,14 @@ pub fn promote(cfg: &Config, bins: &Bins, data_dir: &Path) -> Result<RestoreRepo
         account: account.as_ref(),
         data_dir,
     };
-    if let Some(m) = crate::access::hand_over(&ctl, &log_path(data_dir)) {
-        eprintln!("{m}");
+    let mut warnings = Vec::new();
+    match crate::access::hand_over(&ctl, &log_path(data_dir)) {
+        Some(Ok(note)) => eprintln!("{note}"),
+        // The report carries it (its human form and the CLI's --json path both print it).
+        Some(Err(w)) => warnings.push(w),
+        None => {}
     }
-    report(
+    let mut r = report(
         cfg,
         bins,
         data_dir,
@@ -162,7 +167,9 @@ pub fn promote(cfg: &Config, bins: &Bins, data_dir: &Path) -> Result<RestoreRepo
             step: "promote".into(),
             seconds: began.elapsed().as_secs_f64(),
         }],
-    )
+    )?;
+    r.warnings = warnings;
+    Ok(r)
 }
 
 /// `pgpitr restore --retarget --to LATER --into DIR`: moves a paused restore's target later

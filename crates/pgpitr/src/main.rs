@@ -405,23 +405,28 @@ fn main() -> ExitCode {
                     eprintln!("pgpitr: {s}")
                 }
             };
-            let print_report = |r: &dyn std::fmt::Display, v: serde_json::Value| {
-                if *json {
-                    let _ = pgpitr_cli::print_json(&v);
-                } else {
-                    println!("{r}");
-                }
-            };
+            // Warnings reach stderr with --json too (the human report lists them itself).
+            let print_report =
+                |r: &dyn std::fmt::Display, v: serde_json::Value, warnings: &[String]| {
+                    if *json {
+                        for w in warnings {
+                            eprintln!("pgpitr: warning: {w}");
+                        }
+                        let _ = pgpitr_cli::print_json(&v);
+                    } else {
+                        println!("{r}");
+                    }
+                };
             if *promote || *undo {
                 let cfg = cli.config.load()?;
                 let bins = Bins::discover(cfg.postgres.bin_dir.as_deref())?;
                 if *undo {
                     let msg = pgpitr_restore::inplace::undo(&cfg, &bins, &mut |s| say(s))?;
-                    print_report(&msg, serde_json::json!({ "undone": msg }));
+                    print_report(&msg, serde_json::json!({ "undone": msg }), &[]);
                 } else {
                     let into = std::path::absolute(into.as_ref().expect("clap requires --into"))?;
                     let r = pgpitr_restore::paused::promote(&cfg, &bins, &into)?;
-                    print_report(&r, serde_json::to_value(&r)?);
+                    print_report(&r, serde_json::to_value(&r)?, &r.warnings);
                 }
                 return Ok(());
             }
@@ -545,7 +550,7 @@ fn main() -> ExitCode {
                     pgpitr_restore::inplace::resume(&cfg, &bins, &decoder, p, &opts, &mut |s| {
                         say(s)
                     })?;
-                print_report(&report, serde_json::to_value(&report)?);
+                print_report(&report, serde_json::to_value(&report)?, &report.warnings);
                 return Ok(());
             }
             let inv = Inventory::load(&cfg, &decoder)?;
@@ -587,7 +592,7 @@ fn main() -> ExitCode {
                     inplace::run(&cfg, &bins, &decoder, &p, &prep, &opts, &mut |s| say(s))?
                 };
                 report.restore.steps.insert(0, step);
-                print_report(&report, serde_json::to_value(&report)?);
+                print_report(&report, serde_json::to_value(&report)?, &report.warnings);
                 return Ok(());
             }
             let into = into.as_ref().expect("clap requires --into");
@@ -606,7 +611,7 @@ fn main() -> ExitCode {
                     progress,
                     &mut |s| say(s),
                 )?;
-                print_report(&r, serde_json::to_value(&r)?);
+                print_report(&r, serde_json::to_value(&r)?, &r.warnings);
                 return Ok(());
             }
             let port = port.expect("clap requires --port");
@@ -672,7 +677,7 @@ fn main() -> ExitCode {
                 report.port, report.timeline
             ));
             report.steps.insert(0, step);
-            print_report(&report, serde_json::to_value(&report)?);
+            print_report(&report, serde_json::to_value(&report)?, &report.warnings);
             Ok(())
         }
         Cmd::Drill {
