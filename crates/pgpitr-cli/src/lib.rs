@@ -158,3 +158,32 @@ fn send_notify(path: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
     sock.send_to_addr(msg.as_bytes(), &addr)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    /// A receiver that does not read (its queue full) costs a notification, never the job:
+    /// the send gives up with an error instead of blocking for good.
+    #[test]
+    fn a_full_notify_socket_drops_the_line_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let filler = UnixDatagram::unbound().unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while filler.send_to(b"STATUS=filler", &path).is_ok() {
+            queued += 1;
+            assert!(queued < 100_000, "the socket's queue never filled");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(super::send_notify(p.as_os_str(), "STATUS=x")));
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("sd_notify blocked on a full socket");
+        assert!(r.is_err(), "a line was sent to a full queue of {queued}");
+        drop(receiver);
+    }
+}
